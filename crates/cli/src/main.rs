@@ -1,0 +1,380 @@
+//! `blockvault`: the operator's command line.
+//!
+//! `blockvault local ...` drives the data plane directly on a store directory, without the
+//! daemon. The CLI is thin: it parses flags, builds options, calls the engine, and prints the
+//! result (text, or JSON with `--json`). Progress bars are drawn only when stderr is a terminal.
+//!
+//! Exit status: 0 success, 1 error, 3 `verify` found damage.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use blockvault_core::{BackupId, BackupRecord, ChunkerParams, Compression, VolumeId};
+use blockvault_engine::{BackupOptions, Engine, EngineOptions, Progress, RestoreOptions};
+use blockvault_store::StoreConfig;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "blockvault",
+    version,
+    about = "Backup engine for block volumes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Operate directly on a local store (no daemon).
+    #[command(subcommand)]
+    Local(Local),
+}
+
+#[derive(Args)]
+struct StoreArg {
+    /// Store directory.
+    #[arg(long, value_name = "DIR")]
+    store: PathBuf,
+    /// Master key file (default: the one recorded at `init`).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Worker threads for hashing, compression and encryption (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Subcommand)]
+enum Local {
+    /// Create a store. With --key-file, encrypted volumes are possible; a missing key file is
+    /// created (mode 0600) with a new random master key.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        /// FastCDC minimum chunk size in bytes.
+        #[arg(long, default_value_t = ChunkerParams::default().min_size)]
+        chunk_min: u32,
+        /// FastCDC average chunk size in bytes.
+        #[arg(long, default_value_t = ChunkerParams::default().avg_size)]
+        chunk_avg: u32,
+        /// FastCDC maximum chunk size in bytes.
+        #[arg(long, default_value_t = ChunkerParams::default().max_size)]
+        chunk_max: u32,
+        /// zstd level (-7..=19).
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+        zstd_level: i32,
+        /// Store chunks uncompressed.
+        #[arg(long)]
+        no_compression: bool,
+    },
+    /// Back up a block device or raw image; prints the new backup's id (or its record with --json).
+    Backup {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Volume id (letters, digits, '.', '_', '-', ':').
+        #[arg(long)]
+        volume: String,
+        /// Block device or image file to read.
+        #[arg(long, value_name = "PATH")]
+        source: PathBuf,
+        /// Record as an incremental of --parent, or of the volume's newest backup.
+        #[arg(long)]
+        incremental: bool,
+        /// Parent backup id for --incremental.
+        #[arg(long, requires = "incremental")]
+        parent: Option<String>,
+        /// Encrypt this volume (a volume with a data key is always encrypted).
+        #[arg(long)]
+        encrypt: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a backup to a block device or file (a missing file is created, sparse).
+    Restore {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        backup: String,
+        #[arg(long, value_name = "PATH")]
+        target: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List backups.
+    List {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every chunk of one backup, or of the whole store. Exit status 3 on damage.
+    Verify {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        backup: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a backup (its space is reclaimed by `gc`).
+    Delete {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        backup: String,
+    },
+    /// Reclaim space of deleted and failed backups.
+    Gc {
+        #[command(flatten)]
+        store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A terminal progress bar; hidden when stderr is not a terminal.
+struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    fn bytes(msg: &'static str) -> Arc<Bar> {
+        let pb = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_message(msg);
+        Arc::new(Bar(pb))
+    }
+}
+
+impl Progress for Bar {
+    fn set_total(&self, bytes: u64) {
+        self.0.set_length(bytes);
+    }
+    fn advance(&self, bytes: u64) {
+        self.0.inc(bytes);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn engine(s: &StoreArg) -> Result<Engine> {
+    let opts = EngineOptions {
+        threads: s.threads,
+        key_file: s.key_file.clone(),
+        ..EngineOptions::default()
+    };
+    Engine::open(&s.store, opts).with_context(|| format!("opening store {}", s.store.display()))
+}
+
+fn parse_backup(s: &str) -> Result<BackupId> {
+    Ok(s.parse::<BackupId>()?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn print_list(records: &[BackupRecord]) {
+    println!(
+        "{:<36}  {:<16}  {:<11}  {:>10}  {:>10}  {:<4}  created",
+        "id", "volume", "state", "size", "stored", "incr"
+    );
+    for r in records {
+        println!(
+            "{:<36}  {:<16}  {:<11}  {:>10}  {:>10}  {:<4}  {}",
+            r.id,
+            r.volume_id,
+            format!("{:?}", r.state).to_lowercase(),
+            human(r.size),
+            human(r.stored_bytes),
+            if r.is_incremental { "yes" } else { "no" },
+            r.created_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let Top::Local(cmd) = cli.cmd;
+    match cmd {
+        Local::Init {
+            store,
+            key_file,
+            chunk_min,
+            chunk_avg,
+            chunk_max,
+            zstd_level,
+            no_compression,
+        } => {
+            let config = StoreConfig {
+                chunker: ChunkerParams {
+                    min_size: chunk_min,
+                    avg_size: chunk_avg,
+                    max_size: chunk_max,
+                },
+                compression: if no_compression {
+                    Compression::None
+                } else {
+                    Compression::Zstd { level: zstd_level }
+                },
+                ..StoreConfig::default()
+            };
+            Engine::init(&store, config, key_file.as_deref())
+                .with_context(|| format!("initializing store {}", store.display()))?;
+            eprintln!("initialized store {}", store.display());
+        }
+        Local::Backup {
+            store,
+            volume,
+            source,
+            incremental,
+            parent,
+            encrypt,
+            json,
+        } => {
+            let e = engine(&store)?;
+            let mut o = BackupOptions::new(VolumeId::new(volume)?, source);
+            o.incremental = incremental;
+            o.parent = parent.as_deref().map(parse_backup).transpose()?;
+            o.encrypt = encrypt;
+            let bar = Bar::bytes("backup");
+            o.progress = bar.clone();
+            let rec = e.backup(o)?;
+            drop(bar);
+            if json {
+                print_json(&rec)?;
+            } else {
+                println!("{}", rec.id);
+            }
+        }
+        Local::Restore {
+            store,
+            backup,
+            target,
+            json,
+        } => {
+            let e = engine(&store)?;
+            let mut o = RestoreOptions::new(parse_backup(&backup)?, target);
+            let bar = Bar::bytes("restore");
+            o.progress = bar.clone();
+            let report = e.restore(o)?;
+            drop(bar);
+            if json {
+                print_json(&report)?;
+            } else {
+                eprintln!(
+                    "restored {} ({}) to {}",
+                    report.backup_id,
+                    human(report.bytes),
+                    report.target
+                );
+            }
+        }
+        Local::List { store, json } => {
+            let records = engine(&store)?.list()?;
+            if json {
+                print_json(&records)?;
+            } else {
+                print_list(&records);
+            }
+        }
+        Local::Verify {
+            store,
+            backup,
+            json,
+        } => {
+            let e = engine(&store)?;
+            let backup = backup.as_deref().map(parse_backup).transpose()?;
+            let bar = Bar::bytes("verify");
+            let report = e.verify(backup, bar.as_ref())?;
+            drop(bar);
+            if json {
+                print_json(&report)?;
+            } else {
+                for p in report.corrupt.iter().chain(&report.missing) {
+                    let b: Vec<String> = p.backups.iter().map(|b| b.to_string()).collect();
+                    println!(
+                        "DAMAGED chunk {}: {} (backups: {})",
+                        p.chunk,
+                        p.problem,
+                        b.join(", ")
+                    );
+                }
+                println!(
+                    "checked {} chunks ({}) of {} backup(s): {} corrupt, {} missing",
+                    report.chunks_checked,
+                    human(report.bytes_checked),
+                    report.backups_checked,
+                    report.corrupt.len(),
+                    report.missing.len()
+                );
+            }
+            if !report.is_clean() {
+                return Ok(ExitCode::from(3));
+            }
+        }
+        Local::Delete { store, backup } => {
+            let id = parse_backup(&backup)?;
+            engine(&store)?.delete(&id)?;
+            eprintln!("deleted {id}; run `blockvault local gc` to reclaim its space");
+        }
+        Local::Gc { store, json } => {
+            let r = engine(&store)?.gc()?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "reclaimed {} ({} packs deleted, {} rewritten, {} chunks removed)",
+                    human(r.reclaimed_bytes()),
+                    r.packs_deleted + r.orphan_packs_deleted,
+                    r.packs_rewritten,
+                    r.chunks_removed
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! The `blockvault local` commands, driven as an operator would: as a process.
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use rand::{RngCore, SeedableRng};
+
+fn bv(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_blockvault"));
+    for a in args {
+        c.arg(a);
+    }
+    c.output().expect("run blockvault")
+}
+
+fn ok(o: Output) -> String {
+    assert!(
+        o.status.success(),
+        "blockvault failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn image(p: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v[..len / 2]);
+    std::fs::write(p, &v).unwrap();
+    v
+}
+
+#[test]
+fn local_lifecycle_through_the_cli() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let key = d.path().join("k.key");
+    let img = d.path().join("disk.img");
+    let data = image(&img, 6 << 20, 1);
+
+    ok(bv(&[
+        &"local",
+        &"init",
+        &"--store",
+        &store,
+        &"--key-file",
+        &key,
+    ]));
+    assert!(key.exists());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // init twice is refused.
+    assert!(!bv(&[&"local", &"init", &"--store", &store])
+        .status
+        .success());
+
+    let full = ok(bv(&[
+        &"local",
+        &"backup",
+        &"--store",
+        &store,
+        &"--volume",
+        &"vol1",
+        &"--source",
+        &img,
+        &"--encrypt",
+    ]));
+    let full = full.trim().to_string();
+    assert_eq!(full.len(), 36, "prints the backup id: {full:?}");
+
+    let mut data2 = data.clone();
+    data2[100] ^= 0xff;
+    std::fs::write(&img, &data2).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(&ok(bv(&[
+        &"local",
+        &"backup",
+        &"--store",
+        &store,
+        &"--volume",
+        &"vol1",
+        &"--source",
+        &img,
+        &"--incremental",
+        &"--encrypt",
+        &"--json",
+    ])))
+    .unwrap();
+    assert_eq!(rec["is_incremental"], true);
+    assert_eq!(rec["parent_id"], full.as_str());
+    assert_eq!(rec["size"], 6 << 20);
+    assert!(rec["encryption_key_id"].is_string());
+    let inc = rec["id"].as_str().unwrap().to_string();
+
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(bv(&[&"local", &"list", &"--store", &store, &"--json"]))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let text = ok(bv(&[&"local", &"list", &"--store", &store]));
+    assert!(text.contains(&full) && text.contains(&inc));
+
+    for (id, want) in [(&full, &data), (&inc, &data2)] {
+        let out = d.path().join(format!("{id}.out"));
+        ok(bv(&[
+            &"local",
+            &"restore",
+            &"--store",
+            &store,
+            &"--backup",
+            id,
+            &"--target",
+            &out,
+        ]));
+        assert!(std::fs::read(&out).unwrap() == *want);
+    }
+    ok(bv(&[&"local", &"verify", &"--store", &store]));
+    ok(bv(&[
+        &"local",
+        &"verify",
+        &"--store",
+        &store,
+        &"--backup",
+        &inc,
+    ]));
+
+    ok(bv(&[
+        &"local",
+        &"delete",
+        &"--store",
+        &store,
+        &"--backup",
+        &full,
+    ]));
+    let gc: serde_json::Value =
+        serde_json::from_str(&ok(bv(&[&"local", &"gc", &"--store", &store, &"--json"]))).unwrap();
+    assert!(gc["pack_bytes_before"].is_u64());
+
+    // Bad input: clear errors, non-zero exit.
+    let o = bv(&[
+        &"local",
+        &"restore",
+        &"--store",
+        &store,
+        &"--backup",
+        &"not-a-uuid",
+        &"--target",
+        &d.path().join("x"),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a UUID"));
+    let o = bv(&[
+        &"local",
+        &"backup",
+        &"--store",
+        &store,
+        &"--volume",
+        &"v/1",
+        &"--source",
+        &img,
+    ]);
+    assert!(!o.status.success());
+    let o = bv(&[
+        &"local",
+        &"backup",
+        &"--store",
+        &store,
+        &"--volume",
+        &"v2",
+        &"--source",
+        &d.path().join("missing.img"),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.img"));
+    let o = bv(&[&"local", &"list", &"--store", &d.path().join("nostore")]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not a blockvault store"));
+}
+
+#[test]
+fn corruption_makes_verify_and_restore_exit_non_zero() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let img = d.path().join("disk.img");
+    image(&img, 4 << 20, 2);
+    ok(bv(&[&"local", &"init", &"--store", &store]));
+    let id = ok(bv(&[
+        &"local",
+        &"backup",
+        &"--store",
+        &store,
+        &"--volume",
+        &"v",
+        &"--source",
+        &img,
+    ]));
+    let id = id.trim();
+    // Flip a byte in the middle of the (only) pack's payload.
+    let pack = walk(&store.join("packs"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "pack"))
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack)
+        .unwrap();
+    let len = f.metadata().unwrap().len();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, len / 2).unwrap();
+    f.write_all_at(&[b[0] ^ 0x80], len / 2).unwrap();
+
+    let o = bv(&[&"local", &"verify", &"--store", &store, &"--json"]);
+    assert_eq!(o.status.code(), Some(3));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["corrupt"][0]["backups"][0], id);
+    let out = d.path().join("out.img");
+    let o = bv(&[
+        &"local",
+        &"restore",
+        &"--store",
+        &store,
+        &"--backup",
+        &id,
+        &"--target",
+        &out,
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("chunk") && err.contains("failed verification"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(p).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            v.extend(walk(&e.path()));
+        } else {
+            v.push(e.path());
+        }
+    }
+    v
+}

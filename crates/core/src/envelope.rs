@@ -1,0 +1,274 @@
+//! The chunk envelope: how one chunk's bytes are stored.
+//!
+//! ```text
+//! version u8 | flags u8 | raw_len u32 LE | [nonce 12] | payload | [tag 16]
+//! ```
+//! `flags` bit 0: payload is zstd; bit 1: AES-256-GCM (nonce after the header, tag at the end).
+//! The associated data of the AEAD is the 6-byte header followed by the chunk id, so an envelope
+//! cannot be moved to another id or have its flags altered unnoticed. Opening an envelope always
+//! re-derives the chunk id from the plaintext and compares it: a mismatch is
+//! [`Error::CorruptChunk`], never data.
+use std::cell::RefCell;
+
+use aes_gcm::aead::AeadInPlace;
+use aes_gcm::Nonce;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::format::{
+    ENVELOPE_FLAG_AES_GCM, ENVELOPE_FLAG_ZSTD, ENVELOPE_HEADER_LEN, ENVELOPE_VERSION, NONCE_LEN,
+    TAG_LEN,
+};
+use crate::id::ChunkId;
+use crate::keys::{chunk_id, DataKey};
+
+/// Largest plaintext an envelope may carry (FastCDC's largest maximum chunk size).
+pub const MAX_RAW_LEN: usize = 16 << 20;
+
+/// Compression setting of a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "algorithm", deny_unknown_fields)]
+pub enum Compression {
+    /// Store chunks raw.
+    None,
+    /// zstd at the given level (negative levels are zstd's fast modes).
+    Zstd { level: i32 },
+}
+
+impl Default for Compression {
+    /// zstd level 1, chosen by measurement (see ARCHITECTURE.md, "Compression level").
+    fn default() -> Self {
+        Compression::Zstd { level: 1 }
+    }
+}
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// Compresses `src` into `dst` (which must be large enough for zstd's bound) with a per-thread
+/// context; returns the compressed length.
+fn zstd_compress(level: i32, src: &[u8], dst: &mut [u8]) -> std::io::Result<usize> {
+    COMPRESSOR.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        c.as_mut()
+            .expect("set above")
+            .1
+            .compress_to_buffer(src, dst)
+    })
+}
+
+fn zstd_decompress(src: &[u8], raw_len: usize) -> std::io::Result<Vec<u8>> {
+    DECOMPRESSOR.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let mut out = Vec::with_capacity(raw_len);
+        d.as_mut()
+            .expect("set above")
+            .decompress_to_buffer(src, &mut out)?;
+        Ok(out)
+    })
+}
+
+/// Seals and opens chunk envelopes with one compression setting.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EnvelopeCodec {
+    pub compression: Compression,
+}
+
+fn aad(header: &[u8], id: &ChunkId) -> [u8; ENVELOPE_HEADER_LEN + 32] {
+    let mut a = [0u8; ENVELOPE_HEADER_LEN + 32];
+    a[..ENVELOPE_HEADER_LEN].copy_from_slice(header);
+    a[ENVELOPE_HEADER_LEN..].copy_from_slice(id.as_bytes());
+    a
+}
+
+impl EnvelopeCodec {
+    /// Seals `plain` (whose id is `id`) into an envelope, encrypted when `key` is given.
+    /// A chunk that zstd does not shrink is stored raw.
+    pub fn seal(&self, id: &ChunkId, plain: &[u8], key: Option<&DataKey>) -> Vec<u8> {
+        assert!(plain.len() <= MAX_RAW_LEN, "chunk larger than MAX_RAW_LEN");
+        let body = ENVELOPE_HEADER_LEN + if key.is_some() { NONCE_LEN } else { 0 };
+        let mut flags = 0u8;
+        let mut out = Vec::new();
+        if let Compression::Zstd { level } = self.compression {
+            out.resize(body + zstd::zstd_safe::compress_bound(plain.len()), 0);
+            match zstd_compress(level, plain, &mut out[body..]) {
+                Ok(n) if n < plain.len() => {
+                    out.truncate(body + n);
+                    flags |= ENVELOPE_FLAG_ZSTD;
+                }
+                _ => out.clear(),
+            }
+        }
+        if flags & ENVELOPE_FLAG_ZSTD == 0 {
+            out.clear();
+            out.reserve(body + plain.len() + TAG_LEN);
+            out.resize(body, 0);
+            out.extend_from_slice(plain);
+        }
+        if key.is_some() {
+            flags |= ENVELOPE_FLAG_AES_GCM;
+        }
+        out[0] = ENVELOPE_VERSION;
+        out[1] = flags;
+        out[2..6].copy_from_slice(&(plain.len() as u32).to_le_bytes());
+        if let Some(k) = key {
+            let mut nonce = [0u8; NONCE_LEN];
+            rand::thread_rng().fill_bytes(&mut nonce);
+            out[ENVELOPE_HEADER_LEN..body].copy_from_slice(&nonce);
+            let a = aad(&out[..ENVELOPE_HEADER_LEN], id);
+            let tag = k
+                .cipher()
+                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &a, &mut out[body..])
+                .expect("AES-GCM encryption of a bounded chunk cannot fail");
+            out.extend_from_slice(&tag);
+        }
+        out
+    }
+
+    /// Opens an envelope and checks that its plaintext hashes to `id`.
+    pub fn open(id: &ChunkId, env: &[u8], key: Option<&DataKey>) -> Result<Vec<u8>> {
+        let bad = |detail: &str| Error::CorruptChunk {
+            id: *id,
+            detail: detail.to_string(),
+        };
+        if env.len() < ENVELOPE_HEADER_LEN {
+            return Err(bad("envelope shorter than its header"));
+        }
+        if env[0] != ENVELOPE_VERSION {
+            return Err(bad(&format!("unknown envelope version {}", env[0])));
+        }
+        let flags = env[1];
+        if flags & !(ENVELOPE_FLAG_ZSTD | ENVELOPE_FLAG_AES_GCM) != 0 {
+            return Err(bad(&format!("unknown envelope flags {flags:#04x}")));
+        }
+        let raw_len = u32::from_le_bytes(env[2..6].try_into().expect("4 bytes")) as usize;
+        if raw_len > MAX_RAW_LEN {
+            return Err(bad("raw length out of range"));
+        }
+        let decrypted;
+        let payload: &[u8] = if flags & ENVELOPE_FLAG_AES_GCM != 0 {
+            let k = key.ok_or_else(|| bad("chunk is encrypted but no data key was given"))?;
+            let body = ENVELOPE_HEADER_LEN + NONCE_LEN;
+            if env.len() < body + TAG_LEN {
+                return Err(bad("encrypted envelope too short"));
+            }
+            let nonce = Nonce::from_slice(&env[ENVELOPE_HEADER_LEN..body]);
+            let tag_at = env.len() - TAG_LEN;
+            let mut buf = env[body..tag_at].to_vec();
+            k.cipher()
+                .decrypt_in_place_detached(
+                    nonce,
+                    &aad(&env[..ENVELOPE_HEADER_LEN], id),
+                    &mut buf,
+                    aes_gcm::Tag::from_slice(&env[tag_at..]),
+                )
+                .map_err(|_| bad("AES-GCM authentication failed"))?;
+            decrypted = buf;
+            &decrypted
+        } else {
+            if key.is_some() {
+                return Err(bad("chunk of an encrypted volume is not encrypted"));
+            }
+            &env[ENVELOPE_HEADER_LEN..]
+        };
+        let plain = if flags & ENVELOPE_FLAG_ZSTD != 0 {
+            zstd_decompress(payload, raw_len).map_err(|e| bad(&format!("zstd: {e}")))?
+        } else {
+            payload.to_vec()
+        };
+        if plain.len() != raw_len {
+            return Err(bad(&format!(
+                "decoded {} bytes, header says {raw_len}",
+                plain.len()
+            )));
+        }
+        if chunk_id(&plain, key) != *id {
+            return Err(bad("content does not match its BLAKE3 id"));
+        }
+        Ok(plain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn codecs() -> [EnvelopeCodec; 3] {
+        [
+            EnvelopeCodec {
+                compression: Compression::None,
+            },
+            EnvelopeCodec {
+                compression: Compression::Zstd { level: 1 },
+            },
+            EnvelopeCodec {
+                compression: Compression::Zstd { level: -3 },
+            },
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn envelope_roundtrip(data in proptest::collection::vec(any::<u8>(), 0..20_000),
+                              repeat in 1usize..4, encrypt in any::<bool>()) {
+            let data: Vec<u8> = data.repeat(repeat);
+            let key = encrypt.then(DataKey::generate);
+            let id = chunk_id(&data, key.as_ref());
+            for c in codecs() {
+                let env = c.seal(&id, &data, key.as_ref());
+                prop_assert_eq!(EnvelopeCodec::open(&id, &env, key.as_ref()).unwrap(), data.clone());
+            }
+        }
+
+        #[test]
+        fn any_flipped_byte_is_detected(data in proptest::collection::vec(any::<u8>(), 1..4000),
+                                        pos in any::<usize>(), bit in 0u8..8, encrypt in any::<bool>()) {
+            let key = encrypt.then(DataKey::generate);
+            let id = chunk_id(&data, key.as_ref());
+            let mut env = codecs()[1].seal(&id, &data, key.as_ref());
+            let p = pos % env.len();
+            env[p] ^= 1 << bit;
+            prop_assert!(EnvelopeCodec::open(&id, &env, key.as_ref()).is_err());
+        }
+    }
+
+    #[test]
+    fn incompressible_is_stored_raw_and_compressible_is_not() {
+        let c = EnvelopeCodec::default();
+        let noise: Vec<u8> = (0..65536u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let id = chunk_id(&noise, None);
+        let env = c.seal(&id, &noise, None);
+        assert!(env.len() <= noise.len() + ENVELOPE_HEADER_LEN);
+        let text = b"hello world ".repeat(4000);
+        let id = chunk_id(&text, None);
+        let env = c.seal(&id, &text, None);
+        assert_eq!(env[1] & ENVELOPE_FLAG_ZSTD, ENVELOPE_FLAG_ZSTD);
+        assert!(env.len() < text.len() / 10);
+    }
+
+    #[test]
+    fn wrong_key_and_wrong_id_are_refused() {
+        let k1 = DataKey::generate();
+        let k2 = DataKey::generate();
+        let data = b"secret data".repeat(100);
+        let id = chunk_id(&data, Some(&k1));
+        let env = EnvelopeCodec::default().seal(&id, &data, Some(&k1));
+        assert!(EnvelopeCodec::open(&id, &env, Some(&k2)).is_err());
+        assert!(EnvelopeCodec::open(&id, &env, None).is_err());
+        let other = chunk_id(b"x", Some(&k1));
+        assert!(EnvelopeCodec::open(&other, &env, Some(&k1)).is_err());
+    }
+}

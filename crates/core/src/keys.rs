@@ -1,0 +1,260 @@
+//! Master keys, per-volume data keys, key wrapping and keyed chunk ids.
+//!
+//! - The **master key** (32 random bytes) lives in a key file outside the store. Only its
+//!   fingerprint (a BLAKE3 derivation, not the key) is kept in the store, so a wrong key is
+//!   refused before anything is read or written.
+//! - Each encrypted volume has a **data key** (32 random bytes) wrapped with AES-256-GCM under a
+//!   wrapping key derived from the master key; the volume id and the key's UUID
+//!   (`encryption_key_id`) are bound in as associated data.
+//! - From a data key two independent subkeys are derived: one keys BLAKE3 for chunk ids (so
+//!   equal data in two encrypted volumes gets unrelated ids) and one is the AES-256-GCM chunk key.
+//!
+//! Key bytes are zeroized on drop and every `Debug` impl here is redacted.
+use std::fmt;
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::format::{contexts, MASTER_KEY_HEADER, NONCE_LEN, TAG_LEN, WRAPPED_KEY_VERSION};
+use crate::id::{ChunkId, VolumeId};
+
+/// The store-wide master key that wraps every volume's data key.
+pub struct MasterKey {
+    bytes: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterKey(fingerprint {})", self.fingerprint())
+    }
+}
+
+impl MasterKey {
+    /// A fresh key from the operating system's CSPRNG.
+    pub fn generate() -> Self {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut bytes[..]);
+        MasterKey { bytes }
+    }
+
+    /// A public, non-reversible fingerprint (32 hex digits) recorded in the store's config.
+    pub fn fingerprint(&self) -> String {
+        let d = blake3::derive_key(contexts::MASTER_FINGERPRINT, &self.bytes[..]);
+        hex::encode(&d[..16])
+    }
+
+    /// The key file's text: a header line and 64 hex digits.
+    pub fn to_file_contents(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "{MASTER_KEY_HEADER}\n{}\n",
+            hex::encode(&self.bytes[..])
+        ))
+    }
+
+    /// Parses a key file's text. Errors never quote the file's content.
+    pub fn parse(contents: &str) -> Result<Self> {
+        let mut lines = contents.lines();
+        if lines.next().map(str::trim) != Some(MASTER_KEY_HEADER) {
+            return Err(Error::WrongKey(format!(
+                "not a blockvault key file (first line must be {MASTER_KEY_HEADER:?})"
+            )));
+        }
+        let hex_line = Zeroizing::new(lines.next().unwrap_or("").trim().to_string());
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(hex_line.as_bytes(), &mut bytes[..])
+            .map_err(|_| Error::WrongKey("key file's second line must be 64 hex digits".into()))?;
+        Ok(MasterKey { bytes })
+    }
+
+    fn wrapping_cipher(&self) -> Aes256Gcm {
+        let k = Zeroizing::new(blake3::derive_key(contexts::WRAP_KEY, &self.bytes[..]));
+        Aes256Gcm::new((&*k).into())
+    }
+
+    fn wrap_aad(volume: &VolumeId, key_id: &uuid::Uuid) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(64);
+        aad.push(WRAPPED_KEY_VERSION);
+        aad.extend_from_slice(key_id.as_bytes());
+        aad.extend_from_slice(volume.as_str().as_bytes());
+        aad
+    }
+
+    /// Wraps `key` for `volume`.
+    pub fn wrap(&self, volume: &VolumeId, key: &DataKey) -> WrappedKey {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut buf = key.raw.to_vec();
+        let tag = self
+            .wrapping_cipher()
+            .encrypt_in_place_detached(
+                Nonce::from_slice(&nonce),
+                &Self::wrap_aad(volume, &key.key_id),
+                &mut buf,
+            )
+            .expect("AES-GCM encryption of 32 bytes cannot fail");
+        buf.extend_from_slice(&tag);
+        WrappedKey {
+            key_id: key.key_id,
+            nonce,
+            sealed: buf,
+        }
+    }
+
+    /// Unwraps `volume`'s data key. A wrong master key gives [`Error::WrongKey`].
+    pub fn unwrap(&self, volume: &VolumeId, w: &WrappedKey) -> Result<DataKey> {
+        if w.sealed.len() != 32 + TAG_LEN {
+            return Err(Error::corrupt("wrapped key", "bad length"));
+        }
+        let mut buf = Zeroizing::new(w.sealed[..32].to_vec());
+        let tag = aes_gcm::Tag::from_slice(&w.sealed[32..]);
+        self.wrapping_cipher()
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&w.nonce),
+                &Self::wrap_aad(volume, &w.key_id),
+                &mut buf,
+                tag,
+            )
+            .map_err(|_| {
+                Error::WrongKey(format!(
+                    "the master key cannot unwrap the data key of volume {volume}"
+                ))
+            })?;
+        let mut raw = Zeroizing::new([0u8; 32]);
+        raw.copy_from_slice(&buf);
+        Ok(DataKey::from_raw(raw, w.key_id))
+    }
+}
+
+/// A volume's data key, as stored: wrapped under the master key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// The volume's `encryption_key_id`.
+    pub key_id: uuid::Uuid,
+    pub nonce: [u8; NONCE_LEN],
+    /// Ciphertext of the 32-byte key followed by the GCM tag.
+    pub sealed: Vec<u8>,
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WrappedKey({})", self.key_id)
+    }
+}
+
+impl WrappedKey {
+    /// Binary form: version(1) key_id(16) nonce(12) sealed(48).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + 16 + NONCE_LEN + self.sealed.len());
+        v.push(WRAPPED_KEY_VERSION);
+        v.extend_from_slice(self.key_id.as_bytes());
+        v.extend_from_slice(&self.nonce);
+        v.extend_from_slice(&self.sealed);
+        v
+    }
+    /// Parses [`WrappedKey::encode`]'s output.
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != 1 + 16 + NONCE_LEN + 32 + TAG_LEN || b[0] != WRAPPED_KEY_VERSION {
+            return Err(Error::corrupt("wrapped key", "bad length or version"));
+        }
+        Ok(WrappedKey {
+            key_id: uuid::Uuid::from_slice(&b[1..17]).expect("16 bytes"),
+            nonce: b[17..29].try_into().expect("12 bytes"),
+            sealed: b[29..].to_vec(),
+        })
+    }
+}
+
+/// A volume's data key with its derived subkeys.
+pub struct DataKey {
+    raw: Zeroizing<[u8; 32]>,
+    id_key: Zeroizing<[u8; 32]>,
+    cipher: Aes256Gcm,
+    key_id: uuid::Uuid,
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataKey({})", self.key_id)
+    }
+}
+
+impl DataKey {
+    /// A fresh data key with a fresh `encryption_key_id`.
+    pub fn generate() -> Self {
+        let mut raw = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut raw[..]);
+        Self::from_raw(raw, uuid::Uuid::new_v4())
+    }
+
+    fn from_raw(raw: Zeroizing<[u8; 32]>, key_id: uuid::Uuid) -> Self {
+        let id_key = Zeroizing::new(blake3::derive_key(contexts::CHUNK_ID_KEY, &raw[..]));
+        let aead = Zeroizing::new(blake3::derive_key(contexts::CHUNK_AEAD_KEY, &raw[..]));
+        DataKey {
+            raw,
+            id_key,
+            cipher: Aes256Gcm::new((&*aead).into()),
+            key_id,
+        }
+    }
+
+    /// The key's UUID, reported as the volume's `encryption_key_id`.
+    pub fn key_id(&self) -> uuid::Uuid {
+        self.key_id
+    }
+
+    pub(crate) fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
+    }
+}
+
+/// The chunk id of `data`: plain BLAKE3, or keyed BLAKE3 under the volume's id subkey.
+pub fn chunk_id(data: &[u8], key: Option<&DataKey>) -> ChunkId {
+    match key {
+        None => ChunkId(*blake3::hash(data).as_bytes()),
+        Some(k) => ChunkId(*blake3::keyed_hash(&k.id_key, data).as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrap_unwrap_and_wrong_key() {
+        let m = MasterKey::generate();
+        let v = VolumeId::new("vol1").unwrap();
+        let dk = DataKey::generate();
+        let w = WrappedKey::decode(&m.wrap(&v, &dk).encode()).unwrap();
+        let back = m.unwrap(&v, &w).unwrap();
+        assert_eq!(back.key_id(), dk.key_id());
+        assert_eq!(chunk_id(b"abc", Some(&back)), chunk_id(b"abc", Some(&dk)));
+        let other = MasterKey::generate();
+        assert!(matches!(other.unwrap(&v, &w), Err(Error::WrongKey(_))));
+        // The wrapped key is bound to its volume.
+        let v2 = VolumeId::new("vol2").unwrap();
+        assert!(m.unwrap(&v2, &w).is_err());
+    }
+
+    #[test]
+    fn key_file_roundtrip_and_redaction() {
+        let m = MasterKey::generate();
+        let text = m.to_file_contents();
+        let back = MasterKey::parse(&text).unwrap();
+        assert_eq!(back.fingerprint(), m.fingerprint());
+        let hex_key = text.lines().nth(1).unwrap().to_string();
+        assert!(!format!("{m:?}").contains(&hex_key));
+        let err = MasterKey::parse("garbage\nzz").unwrap_err().to_string();
+        assert!(!err.contains("zz"));
+    }
+
+    #[test]
+    fn keyed_ids_differ_between_volumes() {
+        let a = DataKey::generate();
+        let b = DataKey::generate();
+        assert_ne!(chunk_id(b"same", Some(&a)), chunk_id(b"same", Some(&b)));
+        assert_ne!(chunk_id(b"same", Some(&a)), chunk_id(b"same", None));
+    }
+}

@@ -1,0 +1,279 @@
+//! blockvault-engine: the data plane.
+//!
+//! Backup, restore, verify, delete and GC of block volumes over a [`blockvault_store::Store`].
+//! Everything here is synchronous and runs on threads the engine owns:
+//!
+//! ```text
+//! backup:  source --(reader thread: 8 MiB reads, FastCDC)--> chunks
+//!          --(worker pool: zero check, BLAKE3, dedup lookup, zstd, AES-GCM)--> sealed chunks
+//!          --(writer thread: reorder, refs + manifest batches, pack append, pack seal)--> store
+//! restore: manifest --(dispatcher)--> chunk ids --(workers: read, decrypt, decompress,
+//!          BLAKE3 check, pwrite)--> target
+//! ```
+//! Bytes in flight are bounded by one [`budget::ByteBudget`] shared by every backup of an
+//! [`Engine`], and the CPU stages of all concurrent backups share one worker pool, so memory does
+//! not grow with the volume's size or with the number of concurrent backups.
+//! The async control plane reaches the engine through `spawn_blocking`.
+
+mod backup;
+pub mod budget;
+pub mod device;
+mod error;
+mod restore;
+mod verify;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use blockvault_core::{
+    BackupId, BackupRecord, BackupState, DataKey, EnvelopeCodec, MasterKey, VolumeId,
+};
+use blockvault_store::{GcOptions, GcReport, Store, StoreConfig};
+use parking_lot::Mutex;
+
+pub use backup::BackupOptions;
+pub use error::{Error, Result};
+pub use restore::{RestoreOptions, RestoreReport};
+pub use verify::{ChunkProblem, VerifyReport};
+
+/// Receives progress of a long operation. Implementations must be cheap: called per chunk.
+pub trait Progress: Send + Sync {
+    /// The operation will cover `bytes` bytes.
+    fn set_total(&self, _bytes: u64) {}
+    /// `bytes` more bytes are done.
+    fn advance(&self, _bytes: u64) {}
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Cooperative cancellation, checked between chunks.
+#[derive(Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// Requests cancellation.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-engine settings.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Worker threads for the CPU stages (0: one per core).
+    pub threads: usize,
+    /// Bytes of chunk data in flight across all backups.
+    pub max_bytes_in_flight: u64,
+    /// Master key file, overriding the store's recorded path.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            threads: 0,
+            max_bytes_in_flight: 64 << 20,
+            key_file: None,
+        }
+    }
+}
+
+/// The data plane over one store. Cheap to share (`Arc<Engine>`); every method may be called from
+/// several threads at once.
+pub struct Engine {
+    store: Arc<Store>,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    budget: budget::ByteBudget,
+    codec: EnvelopeCodec,
+    key_file: Option<PathBuf>,
+    master: Mutex<Option<Arc<MasterKey>>>,
+    volume_keys: Mutex<HashMap<VolumeId, Arc<DataKey>>>,
+}
+
+impl Engine {
+    /// An engine over an opened store.
+    pub fn new(store: Store, opts: EngineOptions) -> Result<Engine> {
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            opts.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("bv-worker-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("worker pool: {e}")))?;
+        let min_budget = 4 * u64::from(store.config().chunker.max_size);
+        let codec = EnvelopeCodec {
+            compression: store.config().compression,
+        };
+        let key_file = opts.key_file.or_else(|| store.config().key_file.clone());
+        Ok(Engine {
+            store: Arc::new(store),
+            pool,
+            threads,
+            budget: budget::ByteBudget::new(opts.max_bytes_in_flight.max(min_budget)),
+            codec,
+            key_file,
+            master: Mutex::new(None),
+            volume_keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens the store in `dir` and builds an engine over it.
+    pub fn open(dir: impl AsRef<Path>, opts: EngineOptions) -> Result<Engine> {
+        Self::new(Store::open(dir)?, opts)
+    }
+
+    /// Creates a store in `dir`. With `key_file`, the store supports encrypted volumes: an
+    /// existing key file is used (and checked), a missing one is created with mode 0600.
+    pub fn init(dir: impl AsRef<Path>, config: StoreConfig, key_file: Option<&Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let key = key_file.map(load_or_create_key).transpose()?;
+        let mut store = Store::init(dir, config)?;
+        if let (Some(path), Some(key)) = (key_file, key) {
+            let abs = std::path::absolute(path).map_err(|e| Error::KeyFile {
+                path: path.display().to_string(),
+                source: e,
+            })?;
+            store.set_master_key(abs, key.fingerprint())?;
+        }
+        Ok(())
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Worker threads of the pool.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The master key, loaded once and checked against the store's fingerprint.
+    fn master_key(&self) -> Result<Arc<MasterKey>> {
+        let mut m = self.master.lock();
+        if let Some(k) = m.as_ref() {
+            return Ok(k.clone());
+        }
+        let expected = self
+            .store
+            .config()
+            .master_fingerprint
+            .clone()
+            .ok_or(Error::NoMasterKey)?;
+        let path = self.key_file.as_ref().ok_or(Error::NoMasterKey)?;
+        let key = read_key_file(path)?;
+        if key.fingerprint() != expected {
+            return Err(Error::WrongMasterKey(format!(
+                "the key in {} is not this store's master key",
+                path.display()
+            )));
+        }
+        let key = Arc::new(key);
+        *m = Some(key.clone());
+        Ok(key)
+    }
+
+    /// The data key of an encrypted volume; with `create`, makes one for a volume without.
+    fn volume_key(&self, volume: &VolumeId, create: bool) -> Result<Option<Arc<DataKey>>> {
+        if let Some(k) = self.volume_keys.lock().get(volume) {
+            return Ok(Some(k.clone()));
+        }
+        let wrapped = match self.store.volume_key(volume)? {
+            Some(w) => w,
+            None if create => {
+                let master = self.master_key()?;
+                let fresh = DataKey::generate();
+                self.store
+                    .put_volume_key_if_absent(volume, &master.wrap(volume, &fresh))?
+            }
+            None => return Ok(None),
+        };
+        let key = self
+            .master_key()?
+            .unwrap(volume, &wrapped)
+            .map_err(|e| Error::WrongMasterKey(e.to_string()))?;
+        let key = Arc::new(key);
+        self.volume_keys.lock().insert(volume.clone(), key.clone());
+        Ok(Some(key))
+    }
+
+    /// The `encryption_key_id` of a volume, if it is encrypted.
+    pub fn encryption_key_id(&self, volume: &VolumeId) -> Result<Option<uuid::Uuid>> {
+        Ok(self.store.volume_key(volume)?.map(|w| w.key_id))
+    }
+
+    /// All backup records, oldest first.
+    pub fn list(&self) -> Result<Vec<BackupRecord>> {
+        Ok(self.store.list_records()?)
+    }
+
+    /// One backup record.
+    pub fn get(&self, id: &BackupId) -> Result<BackupRecord> {
+        Ok(self.store.get_record(id)?)
+    }
+
+    /// The newest available backup of `volume`.
+    pub fn latest(&self, volume: &VolumeId) -> Result<Option<BackupRecord>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .rfind(|r| &r.volume_id == volume && r.state == BackupState::Available))
+    }
+
+    /// Deletes a backup's record and references. Its chunks are reclaimed by [`Engine::gc`].
+    /// Every backup is self-contained, so deleting a parent never breaks its incrementals.
+    pub fn delete(&self, id: &BackupId) -> Result<()> {
+        Ok(self.store.delete_backup(id)?)
+    }
+
+    /// Runs garbage collection (safe while backups and restores run).
+    pub fn gc(&self) -> Result<GcReport> {
+        Ok(self.store.gc(GcOptions::default())?)
+    }
+}
+
+/// Reads a master key file.
+pub fn read_key_file(path: &Path) -> Result<MasterKey> {
+    let text =
+        zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::KeyFile {
+            path: path.display().to_string(),
+            source: e,
+        })?);
+    MasterKey::parse(&text).map_err(|e| Error::WrongMasterKey(format!("{}: {e}", path.display())))
+}
+
+/// Loads the key in `path`, or creates a new key file there (mode 0600, fsynced).
+pub fn load_or_create_key(path: &Path) -> Result<MasterKey> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return read_key_file(path);
+    }
+    let key = MasterKey::generate();
+    let err = |e| Error::KeyFile {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    f.write_all(key.to_file_contents().as_bytes())
+        .map_err(err)?;
+    f.sync_all().map_err(err)?;
+    Ok(key)
+}

@@ -1,0 +1,208 @@
+//! The restore pipeline: manifest -> parallel read, decrypt, decompress, verify -> pwrite.
+//!
+//! Every chunk is checked against its BLAKE3 id before a byte of it reaches the target; the first
+//! failure stops the restore and names the chunk. A target file created by the restore is removed
+//! again on failure, so a failed restore never leaves a plausible-looking image behind.
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use blockvault_core::{BackupId, BackupState, ChunkId, EnvelopeCodec, ManifestEntry};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::device::Target;
+use crate::error::{Error, Result};
+use crate::{CancelToken, Engine, NoProgress, Progress};
+
+/// What to restore where.
+#[derive(Clone)]
+pub struct RestoreOptions {
+    pub backup: BackupId,
+    /// A block device or image file; a missing path becomes a new sparse file.
+    pub target: PathBuf,
+    pub progress: Arc<dyn Progress>,
+    pub cancel: CancelToken,
+}
+
+impl RestoreOptions {
+    /// Restore `backup` to `target`.
+    pub fn new(backup: BackupId, target: impl Into<PathBuf>) -> Self {
+        RestoreOptions {
+            backup,
+            target: target.into(),
+            progress: Arc::new(NoProgress),
+            cancel: CancelToken::default(),
+        }
+    }
+}
+
+/// What a restore did.
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreReport {
+    pub backup_id: BackupId,
+    pub target: String,
+    pub bytes: u64,
+    pub chunks: u64,
+    pub hole_bytes: u64,
+}
+
+struct Work {
+    id: ChunkId,
+    offset: u64,
+    len: u32,
+}
+
+impl Engine {
+    /// Restores a backup byte for byte.
+    pub fn restore(&self, opts: RestoreOptions) -> Result<RestoreReport> {
+        let rec = self.store.get_record(&opts.backup)?;
+        if rec.state != BackupState::Available {
+            return Err(Error::NotAvailable {
+                id: rec.id,
+                state: rec.state,
+            });
+        }
+        let key = if rec.encrypted {
+            Some(
+                self.volume_key(&rec.volume_id, false)?
+                    .ok_or_else(|| Error::WrongMasterKey("volume has no data key".into()))?,
+            )
+        } else {
+            None
+        };
+        let target = Target::open(&opts.target, rec.size, rec.id)?;
+        opts.progress.set_total(rec.size);
+        let result = self.restore_into(&rec, &target, key.as_deref(), &opts);
+        match result {
+            Ok(r) => {
+                target.sync()?;
+                Ok(r)
+            }
+            Err(e) => {
+                if target.created {
+                    let _ = std::fs::remove_file(&target.path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn restore_into(
+        &self,
+        rec: &blockvault_core::BackupRecord,
+        target: &Target,
+        key: Option<&blockvault_core::DataKey>,
+        opts: &RestoreOptions,
+    ) -> Result<RestoreReport> {
+        let failure: Mutex<Option<Error>> = Mutex::new(None);
+        let failed = || failure.lock().is_some();
+        let fail = |e: Error| {
+            let mut f = failure.lock();
+            if f.is_none() {
+                *f = Some(e);
+            }
+        };
+        let (tx, rx) = crossbeam_channel::bounded::<Work>(self.threads * 16);
+        let mut report = RestoreReport {
+            backup_id: rec.id,
+            target: target.path.display().to_string(),
+            bytes: 0,
+            chunks: 0,
+            hole_bytes: 0,
+        };
+        std::thread::scope(|s| {
+            for _ in 0..self.threads {
+                let rx = rx.clone();
+                let (fail, failed) = (&fail, &failed);
+                s.spawn(move || {
+                    for w in rx.iter() {
+                        if failed() {
+                            continue;
+                        }
+                        let r = self
+                            .store
+                            .read_envelope(&w.id)
+                            .map_err(|e| Error::for_chunk(w.id, e))
+                            .and_then(|env| {
+                                EnvelopeCodec::open(&w.id, &env, key)
+                                    .map_err(|e| Error::for_chunk(w.id, e))
+                            })
+                            .and_then(|plain| {
+                                if plain.len() != w.len as usize {
+                                    return Err(Error::Corrupt {
+                                        chunk: w.id,
+                                        detail: format!(
+                                            "{} bytes, manifest says {}",
+                                            plain.len(),
+                                            w.len
+                                        ),
+                                    });
+                                }
+                                target.write_at(&plain, w.offset)
+                            });
+                        match r {
+                            Ok(()) => opts.progress.advance(u64::from(w.len)),
+                            Err(e) => fail(e),
+                        }
+                    }
+                });
+            }
+            drop(rx);
+            let mut offset = 0u64;
+            for block in self.store.manifest(&rec.id) {
+                if failed() {
+                    break;
+                }
+                if opts.cancel.is_cancelled() {
+                    fail(Error::Cancelled);
+                    break;
+                }
+                let block = match block {
+                    Ok(b) => b,
+                    Err(e) => {
+                        fail(e.into());
+                        break;
+                    }
+                };
+                if block.start != offset {
+                    fail(Error::Store(blockvault_store::Error::Corrupt {
+                        what: format!("manifest of backup {}", rec.id),
+                        detail: format!("block starts at {} but {offset} expected", block.start),
+                    }));
+                    break;
+                }
+                for e in block.entries {
+                    match e {
+                        ManifestEntry::Chunk { id, len } => {
+                            report.chunks += 1;
+                            if tx.send(Work { id, offset, len }).is_err() {
+                                break;
+                            }
+                        }
+                        ManifestEntry::Hole { len } => {
+                            report.hole_bytes += len;
+                            if let Err(e) = target.zero(offset, len) {
+                                fail(e);
+                                break;
+                            }
+                            opts.progress.advance(len);
+                        }
+                    }
+                    offset += e.len();
+                }
+            }
+            drop(tx);
+            report.bytes = offset;
+        });
+        if let Some(e) = failure.into_inner() {
+            return Err(e);
+        }
+        if report.bytes != rec.size {
+            return Err(Error::Store(blockvault_store::Error::Corrupt {
+                what: format!("manifest of backup {}", rec.id),
+                detail: format!("covers {} bytes, record says {}", report.bytes, rec.size),
+            }));
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,228 @@
+//! Verify: read back chunks and check them against their ids.
+//!
+//! For one backup: every chunk its manifest names. For the whole store: every manifest's chunks
+//! are looked up (missing ones reported with the backups naming them), then every stored chunk is
+//! read, decrypted with the key of a volume that references it, decompressed and hashed.
+//! Problems name the chunk and the available backups that reference it.
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use blockvault_core::{BackupId, BackupState, ChunkId, DataKey, EnvelopeCodec, ManifestEntry};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::{Engine, Progress};
+
+/// One damaged or missing chunk.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ChunkProblem {
+    /// Chunk id (hex).
+    pub chunk: String,
+    pub problem: String,
+    /// Available backups that reference the chunk (and so cannot be restored).
+    pub backups: Vec<BackupId>,
+}
+
+/// Result of a verify run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub backups_checked: u64,
+    pub chunks_checked: u64,
+    pub bytes_checked: u64,
+    pub corrupt: Vec<ChunkProblem>,
+    pub missing: Vec<ChunkProblem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is damaged or missing.
+    pub fn is_clean(&self) -> bool {
+        self.corrupt.is_empty() && self.missing.is_empty()
+    }
+    /// Every backup affected by a problem.
+    pub fn affected_backups(&self) -> BTreeSet<BackupId> {
+        self.corrupt
+            .iter()
+            .chain(&self.missing)
+            .flat_map(|p| p.backups.iter().copied())
+            .collect()
+    }
+}
+
+const BATCH: usize = 512;
+
+/// Largest set of chunk ids remembered to skip duplicates within one backup's verify.
+const MAX_SEEN: usize = 1 << 20;
+
+impl Engine {
+    fn check_chunk(&self, id: &ChunkId, key: Option<&DataKey>) -> std::result::Result<u64, Error> {
+        let env = self
+            .store
+            .read_envelope(id)
+            .map_err(|e| Error::for_chunk(*id, e))?;
+        let plain = EnvelopeCodec::open(id, &env, key).map_err(|e| Error::for_chunk(*id, e))?;
+        Ok(plain.len() as u64)
+    }
+
+    fn available_referrers(&self, id: &ChunkId) -> Result<Vec<BackupId>> {
+        let mut v = Vec::new();
+        for b in self.store.referrers(id)? {
+            if matches!(self.store.get_record(&b), Ok(r) if r.state == BackupState::Available) {
+                v.push(b);
+            }
+        }
+        Ok(v)
+    }
+
+    /// Checks a batch in parallel on the engine's pool and files each failure.
+    fn check_batch(
+        &self,
+        batch: &[(ChunkId, Option<Arc<DataKey>>)],
+        report: &mut VerifyReport,
+    ) -> Result<()> {
+        let results: Vec<_> = self.pool.install(|| {
+            batch
+                .par_iter()
+                .map(|(id, key)| (*id, self.check_chunk(id, key.as_deref())))
+                .collect()
+        });
+        for (id, r) in results {
+            report.chunks_checked += 1;
+            match r {
+                Ok(n) => report.bytes_checked += n,
+                Err(e) => {
+                    let missing = matches!(
+                        e,
+                        Error::Store(
+                            blockvault_store::Error::MissingChunk(_)
+                                | blockvault_store::Error::MissingPack { .. }
+                        )
+                    );
+                    let p = ChunkProblem {
+                        chunk: id.to_hex(),
+                        problem: e.to_string(),
+                        backups: self.available_referrers(&id)?,
+                    };
+                    if missing {
+                        report.missing.push(p);
+                    } else {
+                        report.corrupt.push(p);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Verifies one backup, or with `None` the whole store.
+    pub fn verify(
+        &self,
+        backup: Option<BackupId>,
+        progress: &dyn Progress,
+    ) -> Result<VerifyReport> {
+        match backup {
+            Some(id) => self.verify_backup(id, progress),
+            None => self.verify_store(progress),
+        }
+    }
+
+    fn verify_backup(&self, id: BackupId, progress: &dyn Progress) -> Result<VerifyReport> {
+        let rec = self.store.get_record(&id)?;
+        if rec.state != BackupState::Available {
+            return Err(Error::NotAvailable {
+                id,
+                state: rec.state,
+            });
+        }
+        let key = if rec.encrypted {
+            self.volume_key(&rec.volume_id, false)?
+        } else {
+            None
+        };
+        progress.set_total(rec.size);
+        let mut report = VerifyReport {
+            backups_checked: 1,
+            ..Default::default()
+        };
+        let mut seen = HashSet::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        for block in self.store.manifest(&id) {
+            for e in block?.entries {
+                progress.advance(e.len());
+                if let ManifestEntry::Chunk { id: c, .. } = e {
+                    if seen.len() < MAX_SEEN && !seen.insert(c) {
+                        continue;
+                    }
+                    batch.push((c, key.clone()));
+                    if batch.len() >= BATCH {
+                        self.check_batch(&batch, &mut report)?;
+                        batch.clear();
+                    }
+                }
+            }
+        }
+        self.check_batch(&batch, &mut report)?;
+        Ok(report)
+    }
+
+    fn verify_store(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let mut report = VerifyReport::default();
+        let records: HashMap<BackupId, _> = self
+            .store
+            .list_records()?
+            .into_iter()
+            .filter(|r| r.state == BackupState::Available)
+            .map(|r| (r.id, r))
+            .collect();
+        // 1. Every chunk named by an available backup must be indexed.
+        let mut missing: BTreeMap<ChunkId, BTreeSet<BackupId>> = BTreeMap::new();
+        for rec in records.values() {
+            report.backups_checked += 1;
+            for block in self.store.manifest(&rec.id) {
+                for e in block?.entries {
+                    if let ManifestEntry::Chunk { id, .. } = e {
+                        if !self.store.has_chunk(&id)? {
+                            missing.entry(id).or_default().insert(rec.id);
+                        }
+                    }
+                }
+            }
+        }
+        report.missing = missing
+            .into_iter()
+            .map(|(id, b)| ChunkProblem {
+                chunk: id.to_hex(),
+                problem: format!("chunk {id} is missing from the store"),
+                backups: b.into_iter().collect(),
+            })
+            .collect();
+        // 2. Every stored chunk that an available backup references must open and hash right.
+        let stats = self.store.stats()?;
+        progress.set_total(stats.chunks);
+        let mut batch = Vec::with_capacity(BATCH);
+        for c in self.store.chunks() {
+            let (id, _) = c?;
+            progress.advance(1);
+            let Some(owner) = self
+                .store
+                .referrers(&id)?
+                .into_iter()
+                .find_map(|b| records.get(&b))
+            else {
+                continue; // unreferenced: garbage for GC, nobody needs it
+            };
+            let key = if owner.encrypted {
+                self.volume_key(&owner.volume_id, false)?
+            } else {
+                None
+            };
+            batch.push((id, key));
+            if batch.len() >= BATCH {
+                self.check_batch(&batch, &mut report)?;
+                batch.clear();
+            }
+        }
+        self.check_batch(&batch, &mut report)?;
+        Ok(report)
+    }
+}

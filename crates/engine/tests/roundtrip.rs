@@ -1,0 +1,157 @@
+//! Byte-exact round trips of many shapes of volume, encrypted and not.
+mod common;
+use blockvault_core::{BackupState, ChunkerParams};
+use blockvault_engine::{Error, RestoreOptions};
+use blockvault_store::StoreConfig;
+use common::*;
+
+fn roundtrip(ts: &TestStore, name: &str, data: &[u8], encrypt: bool) {
+    let src = ts.path(&format!("{name}.img"));
+    write_file(&src, data);
+    let rec = ts.backup(name, &src, false, encrypt);
+    assert_eq!(rec.size, data.len() as u64, "{name}");
+    assert_eq!(rec.state, BackupState::Available);
+    assert_eq!(rec.encrypted, encrypt);
+    assert_eq!(rec.encryption_key_id.is_some(), encrypt);
+    let back = ts.restore_bytes(rec.id);
+    assert!(
+        back == data,
+        "{name} (encrypt={encrypt}) did not round-trip"
+    );
+}
+
+#[test]
+fn odd_shapes_roundtrip_byte_exact() {
+    let ts = TestStore::new();
+    for encrypt in [false, true] {
+        let e = if encrypt { "enc" } else { "plain" };
+        roundtrip(&ts, &format!("empty-{e}"), &[], encrypt);
+        roundtrip(&ts, &format!("one-{e}"), &[0x5a], encrypt);
+        roundtrip(&ts, &format!("onezero-{e}"), &[0], encrypt);
+        roundtrip(
+            &ts,
+            &format!("mib7-{e}"),
+            &random_bytes((1 << 20) + 7, 1),
+            encrypt,
+        );
+        roundtrip(&ts, &format!("zeros-{e}"), &vec![0u8; 3 << 20], encrypt);
+        roundtrip(
+            &ts,
+            &format!("random-{e}"),
+            &random_bytes(9 << 20, 2),
+            encrypt,
+        );
+        roundtrip(
+            &ts,
+            &format!("mixed-{e}"),
+            &mixed_bytes(24 << 20, 3),
+            encrypt,
+        );
+    }
+}
+
+#[test]
+fn size_not_a_multiple_of_any_chunk_size_roundtrips() {
+    // A prime number of bytes with small chunks: many chunks, last one ragged.
+    let config = StoreConfig {
+        chunker: ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+        },
+        ..StoreConfig::default()
+    };
+    let ts = TestStore::with_config(config);
+    roundtrip(&ts, "prime", &mixed_bytes(5_000_011, 4), false);
+    roundtrip(&ts, "prime-enc", &mixed_bytes(5_000_011, 4), true);
+}
+
+#[test]
+fn zero_chunks_are_holes_and_restore_sparse() {
+    let ts = TestStore::new();
+    let mut data = vec![0u8; 32 << 20];
+    data[(16 << 20)..(16 << 20) + 100_000].copy_from_slice(&random_bytes(100_000, 9));
+    let src = ts.path("sparse.img");
+    write_file(&src, &data);
+    let rec = ts.backup("sparse", &src, false, false);
+    assert!(rec.hole_bytes >= 30 << 20, "hole bytes {}", rec.hole_bytes);
+    assert!(rec.stored_bytes < 1 << 20, "stored {}", rec.stored_bytes);
+    let out = ts.path("sparse.out");
+    ts.engine()
+        .restore(RestoreOptions::new(rec.id, &out))
+        .unwrap();
+    assert!(std::fs::read(&out).unwrap() == data);
+    use std::os::unix::fs::MetadataExt;
+    let allocated = std::fs::metadata(&out).unwrap().blocks() * 512;
+    assert!(
+        allocated < 4 << 20,
+        "restored file is not sparse: {allocated} bytes allocated"
+    );
+}
+
+#[test]
+fn restore_over_existing_file_zeroes_old_data_and_refuses_small_targets() {
+    let ts = TestStore::new();
+    let mut data = random_bytes(4 << 20, 5);
+    data[(1 << 20)..(3 << 20)].fill(0);
+    let src = ts.path("v.img");
+    write_file(&src, &data);
+    let rec = ts.backup("v", &src, false, false);
+
+    // An existing target full of other bytes ends up identical.
+    let out = ts.path("existing.img");
+    write_file(&out, &random_bytes(4 << 20, 6));
+    ts.engine()
+        .restore(RestoreOptions::new(rec.id, &out))
+        .unwrap();
+    assert!(std::fs::read(&out).unwrap() == data);
+
+    // A smaller target is refused and left untouched.
+    let small = ts.path("small.img");
+    let small_data = random_bytes(1 << 20, 7);
+    write_file(&small, &small_data);
+    let err = ts
+        .engine()
+        .restore(RestoreOptions::new(rec.id, &small))
+        .unwrap_err();
+    assert!(matches!(err, Error::TargetTooSmall { .. }), "{err}");
+    assert!(err.to_string().contains("needs"), "{err}");
+    assert_eq!(std::fs::read(&small).unwrap(), small_data);
+}
+
+#[test]
+fn incremental_records_parent_and_is_self_contained() {
+    let mut ts = TestStore::new();
+    let src = ts.path("v.img");
+    let mut data = mixed_bytes(16 << 20, 10);
+    write_file(&src, &data);
+    let full = ts.backup("v", &src, false, false);
+    data[5 << 20..(5 << 20) + 4096].copy_from_slice(&random_bytes(4096, 11));
+    write_file(&src, &data);
+    let inc = ts.backup("v", &src, true, false);
+    assert!(inc.is_incremental);
+    assert_eq!(inc.parent_id, Some(full.id));
+    assert!(
+        inc.stored_bytes < 1 << 20,
+        "incremental stored {}",
+        inc.stored_bytes
+    );
+    assert!(inc.object_count > 0);
+    // Deleting the parent does not break the incremental, even after GC.
+    ts.engine().delete(&full.id).unwrap();
+    ts.engine().gc().unwrap();
+    assert!(ts.restore_bytes(inc.id) == data);
+    // An incremental with no full backup of the volume is refused.
+    let o = {
+        let mut o = blockvault_engine::BackupOptions::new(
+            blockvault_core::VolumeId::new("other").unwrap(),
+            &src,
+        );
+        o.incremental = true;
+        o
+    };
+    assert!(matches!(ts.engine().backup(o), Err(Error::NoParent(_))));
+    // Records survive a reopen.
+    ts.open(Default::default()).unwrap();
+    assert_eq!(ts.engine().get(&inc.id).unwrap(), inc);
+}

@@ -1,0 +1,713 @@
+//! The store: RocksDB index plus pack storage, and the rules that keep them consistent.
+//!
+//! Column families (keys and values are specified in FORMAT.md):
+//! - `chunks`:    chunk id -> [`ChunkLoc`] (only for chunks in *sealed*, durable packs)
+//! - `refs`:      chunk id ‖ backup id -> ∅ (backup references chunk; set semantics)
+//! - `backups`:   backup id -> [`BackupRecord`] JSON
+//! - `manifests`: backup id ‖ block number (u32 BE) -> encoded [`ManifestBlock`]
+//! - `keys`:      volume id -> [`WrappedKey`]
+//! - `packs`:     pack id -> [`PackInfo`] (sealed packs only)
+//!
+//! A chunk's reference count is the number of `refs` keys with its id as prefix. Refs are
+//! idempotent puts and deletes, so there is no counter to drift, and they are written in the same
+//! batches as the manifest blocks that name the chunks.
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blockvault_core::{
+    BackupId, BackupRecord, BackupState, ChunkId, ManifestBlock, ManifestEntry, PackId, VolumeId,
+    WrappedKey,
+};
+use parking_lot::Mutex;
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
+    WriteBatch, WriteOptions, DB,
+};
+
+use crate::config::StoreConfig;
+use crate::error::{Error, Result};
+use crate::pack::{check_entry, sync_dir, LocalPacks, PackStorage, PackWriter};
+
+pub(crate) const CF_CHUNKS: &str = "chunks";
+pub(crate) const CF_REFS: &str = "refs";
+pub(crate) const CF_BACKUPS: &str = "backups";
+pub(crate) const CF_MANIFESTS: &str = "manifests";
+pub(crate) const CF_KEYS: &str = "keys";
+pub(crate) const CF_PACKS: &str = "packs";
+const ALL_CFS: [&str; 6] = [
+    CF_CHUNKS,
+    CF_REFS,
+    CF_BACKUPS,
+    CF_MANIFESTS,
+    CF_KEYS,
+    CF_PACKS,
+];
+
+/// Where a chunk's entry lives: `offset` is the entry header's position in the pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLoc {
+    pub pack: PackId,
+    pub offset: u64,
+    /// Envelope length (the entry is 40 header bytes longer).
+    pub len: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+}
+
+impl ChunkLoc {
+    const ENCODED_LEN: usize = 32;
+    pub(crate) fn encode(&self) -> [u8; 32] {
+        let mut b = [0u8; 32];
+        b[..16].copy_from_slice(&self.pack.0);
+        b[16..24].copy_from_slice(&self.offset.to_le_bytes());
+        b[24..28].copy_from_slice(&self.len.to_le_bytes());
+        b[28..32].copy_from_slice(&self.raw_len.to_le_bytes());
+        b
+    }
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != Self::ENCODED_LEN {
+            return Err(Error::Corrupt {
+                what: "chunk location".into(),
+                detail: format!("{} bytes", b.len()),
+            });
+        }
+        Ok(ChunkLoc {
+            pack: PackId(b[..16].try_into().expect("16")),
+            offset: u64::from_le_bytes(b[16..24].try_into().expect("8")),
+            len: u32::from_le_bytes(b[24..28].try_into().expect("4")),
+            raw_len: u32::from_le_bytes(b[28..32].try_into().expect("4")),
+        })
+    }
+    /// Bytes the entry occupies in its pack.
+    pub fn entry_len(&self) -> u64 {
+        blockvault_core::format::PACK_ENTRY_HEADER_LEN + u64::from(self.len)
+    }
+}
+
+/// What the index knows of a sealed pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackInfo {
+    /// Size of the pack file in bytes.
+    pub size: u64,
+    /// Entries written into it.
+    pub entries: u32,
+}
+
+impl PackInfo {
+    pub(crate) fn encode(&self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[..8].copy_from_slice(&self.size.to_le_bytes());
+        b[8..].copy_from_slice(&self.entries.to_le_bytes());
+        b
+    }
+    pub(crate) fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() != 12 {
+            return Err(Error::Corrupt {
+                what: "pack info".into(),
+                detail: format!("{} bytes", b.len()),
+            });
+        }
+        Ok(PackInfo {
+            size: u64::from_le_bytes(b[..8].try_into().expect("8")),
+            entries: u32::from_le_bytes(b[8..].try_into().expect("4")),
+        })
+    }
+}
+
+/// One group of a backup's progress, written atomically by [`Store::add_refs`].
+#[derive(Debug, Default)]
+pub struct RefBatch {
+    /// Every chunk the backup references in this group (duplicates allowed).
+    pub chunks: Vec<ChunkId>,
+    /// Manifest blocks completed in this group, with their numbers.
+    pub blocks: Vec<(u32, ManifestBlock)>,
+}
+
+/// Space accounting of a store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    pub packs: u64,
+    pub pack_bytes: u64,
+    pub chunks: u64,
+    /// Bytes of pack entries the index points at.
+    pub live_bytes: u64,
+    pub backups: u64,
+}
+
+pub(crate) fn ref_key(chunk: &ChunkId, backup: &BackupId) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..32].copy_from_slice(chunk.as_bytes());
+    k[32..].copy_from_slice(backup.as_bytes());
+    k
+}
+
+pub(crate) fn manifest_key(backup: &BackupId, block: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(backup.as_bytes());
+    k[16..].copy_from_slice(&block.to_be_bytes());
+    k
+}
+
+/// A chunk store: index, packs, and the in-process coordination between writers and GC.
+pub struct Store {
+    dir: PathBuf,
+    config: StoreConfig,
+    pub(crate) db: DB,
+    pub(crate) packs: Arc<dyn PackStorage>,
+    /// The lifecycle lock. Held for a moment by a writer while it checks which chunks exist and
+    /// writes its references, and by GC while it rechecks and removes unreferenced chunks. This
+    /// makes "chunk exists, so reference it instead of storing it" atomic with respect to GC.
+    pub(crate) lifecycle: Mutex<()>,
+    /// Backups being written by this process. RocksDB's lock file guarantees one process per store.
+    pub(crate) active: Mutex<HashSet<BackupId>>,
+    /// Packs created but not yet sealed. Registered before the file exists.
+    pub(crate) open_packs: Mutex<HashSet<PackId>>,
+    /// Serializes GC runs.
+    pub(crate) gc_lock: Mutex<()>,
+}
+
+/// Keeps a backup marked active (its references protected from GC) until dropped.
+pub struct ActiveGuard<'a> {
+    store: &'a Store,
+    id: BackupId,
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.store.active.lock().remove(&self.id);
+    }
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    o.set_max_background_jobs(2);
+    o.set_keep_log_file_num(4);
+    o.set_max_total_wal_size(256 << 20);
+    o
+}
+
+fn cf_options(name: &str) -> Options {
+    let mut o = Options::default();
+    if name == CF_CHUNKS || name == CF_REFS {
+        // Most dedup lookups of a full backup miss: a Bloom filter answers them from memory.
+        let mut b = BlockBasedOptions::default();
+        b.set_bloom_filter(10.0, false);
+        o.set_block_based_table_factory(&b);
+    }
+    o
+}
+
+impl Store {
+    /// Creates a new store in `dir` (which must not hold one already) and opens it.
+    pub fn init(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
+        let dir = dir.as_ref();
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        if dir.join(crate::config::CONFIG_FILE).exists() {
+            return Err(Error::Config(format!(
+                "{} already holds a blockvault store",
+                dir.display()
+            )));
+        }
+        // The index is created before the config: a directory with a config is a complete store.
+        let s = Self::open_parts(dir, config.clone(), Self::local_packs(dir)?)?;
+        config.save(dir)?;
+        Ok(s)
+    }
+
+    /// Opens an existing store with local pack files.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        let dir = dir.as_ref();
+        let config = StoreConfig::load(dir)?;
+        Self::open_parts(dir, config, Self::local_packs(dir)?)
+    }
+
+    /// Opens an existing store whose packs live in `packs`.
+    pub fn open_with(dir: impl AsRef<Path>, packs: Arc<dyn PackStorage>) -> Result<Store> {
+        let dir = dir.as_ref();
+        let config = StoreConfig::load(dir)?;
+        Self::open_parts(dir, config, packs)
+    }
+
+    /// Creates a store whose packs live in `packs` (tests, future object-store backends).
+    pub fn init_with(
+        dir: impl AsRef<Path>,
+        config: StoreConfig,
+        packs: Arc<dyn PackStorage>,
+    ) -> Result<Store> {
+        let dir = dir.as_ref();
+        config.validate()?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let s = Self::open_parts(dir, config.clone(), packs)?;
+        config.save(dir)?;
+        Ok(s)
+    }
+
+    fn local_packs(dir: &Path) -> Result<Arc<dyn PackStorage>> {
+        Ok(Arc::new(LocalPacks::new(dir.join("packs"))?))
+    }
+
+    fn open_parts(dir: &Path, config: StoreConfig, packs: Arc<dyn PackStorage>) -> Result<Store> {
+        let index = dir.join("index");
+        let cfs = ALL_CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));
+        let db = DB::open_cf_descriptors(&db_options(), &index, cfs).map_err(|e| {
+            let s = e.to_string();
+            if s.contains("lock") {
+                Error::Busy(dir.display().to_string())
+            } else {
+                Error::Db {
+                    op: "open",
+                    source: e,
+                }
+            }
+        })?;
+        let store = Store {
+            dir: dir.to_path_buf(),
+            config,
+            db,
+            packs,
+            lifecycle: Mutex::new(()),
+            active: Mutex::new(HashSet::new()),
+            open_packs: Mutex::new(HashSet::new()),
+            gc_lock: Mutex::new(()),
+        };
+        store.recover_interrupted()?;
+        Ok(store)
+    }
+
+    /// A backup left `in_progress` by an earlier process was interrupted: mark it `error`.
+    /// Its references and any chunks only it used are reclaimed by the next GC.
+    fn recover_interrupted(&self) -> Result<()> {
+        for mut rec in self.list_records()? {
+            if rec.state == BackupState::InProgress {
+                rec.state = BackupState::Error;
+                rec.fail_reason =
+                    Some("interrupted: the process stopped before the backup was committed".into());
+                self.put_record(&rec, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// The store's settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+    /// Pack storage (for tools that inspect packs).
+    pub fn pack_storage(&self) -> &Arc<dyn PackStorage> {
+        &self.packs
+    }
+
+    /// Records the master key file and fingerprint in the config (init time).
+    pub fn set_master_key(&mut self, key_file: PathBuf, fingerprint: String) -> Result<()> {
+        self.config.key_file = Some(key_file);
+        self.config.master_fingerprint = Some(fingerprint);
+        self.config.save(&self.dir)
+    }
+
+    pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column family created at open")
+    }
+
+    // ---------------------------------------------------------------- chunks
+
+    /// Where `id` is stored, if it is in a sealed pack.
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkLoc>> {
+        self.db
+            .get_pinned_cf(self.cf(CF_CHUNKS), id.as_bytes())
+            .map_err(Error::db("get chunk"))?
+            .map(|v| ChunkLoc::decode(&v))
+            .transpose()
+    }
+
+    /// True when `id` is stored in a sealed pack.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(CF_CHUNKS), id.as_bytes())
+            .map_err(Error::db("get chunk"))?
+            .is_some())
+    }
+
+    /// Reads `id`'s envelope, checking the pack entry's magic and id.
+    ///
+    /// GC may move a chunk to a new pack and delete the old one between our index lookup and the
+    /// read; a missing pack therefore triggers one fresh lookup before it is reported.
+    pub fn read_envelope(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        let mut last_pack = None;
+        for _ in 0..3 {
+            let loc = self.chunk_location(id)?.ok_or(Error::MissingChunk(*id))?;
+            if last_pack == Some(loc.pack) {
+                break;
+            }
+            match self
+                .packs
+                .read_at(loc.pack, loc.offset, loc.entry_len() as usize)
+            {
+                Ok(raw) => {
+                    return check_entry(raw, id).map_err(|detail| Error::Corrupt {
+                        what: format!("chunk {id} in {}", self.packs.describe(loc.pack)),
+                        detail,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => last_pack = Some(loc.pack),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(Error::Corrupt {
+                        what: format!("chunk {id} in {}", self.packs.describe(loc.pack)),
+                        detail: "pack is shorter than the index says".into(),
+                    })
+                }
+                Err(e) => return Err(Error::io(self.packs.describe(loc.pack), e)),
+            }
+        }
+        Err(Error::MissingPack {
+            pack: last_pack.expect("set on the NotFound path"),
+            chunk: *id,
+        })
+    }
+
+    /// Every indexed chunk, in id order.
+    pub fn chunks(&self) -> impl Iterator<Item = Result<(ChunkId, ChunkLoc)>> + '_ {
+        self.db
+            .iterator_cf(self.cf(CF_CHUNKS), IteratorMode::Start)
+            .map(|kv| {
+                let (k, v) = kv.map_err(Error::db("iterate chunks"))?;
+                Ok((ChunkId::from_slice(&k)?, ChunkLoc::decode(&v)?))
+            })
+    }
+
+    /// The backups that reference `id`.
+    pub fn referrers(&self, id: &ChunkId) -> Result<Vec<BackupId>> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_REFS),
+            IteratorMode::From(id.as_bytes(), Direction::Forward),
+        );
+        for kv in it {
+            let (k, _) = kv.map_err(Error::db("iterate refs"))?;
+            if k.len() != 48 || k[..32] != id.as_bytes()[..] {
+                break;
+            }
+            out.push(BackupId::from_bytes(k[32..].try_into().expect("16")));
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- packs
+
+    /// Starts a new pack. It is registered as open before its file exists, so GC never mistakes
+    /// it for an orphan.
+    pub fn new_pack(&self) -> Result<PackWriter> {
+        let id = PackId::random();
+        self.open_packs.lock().insert(id);
+        let sink = self.packs.create(id).map_err(|e| {
+            self.open_packs.lock().remove(&id);
+            Error::io(self.packs.describe(id), e)
+        })?;
+        PackWriter::new(id, sink).map_err(|e| Error::io(self.packs.describe(id), e))
+    }
+
+    /// Makes a pack durable, then records its chunks' locations and the pack in one batch.
+    /// Durability order: pack fsync happens-before the index entries that point into it.
+    pub fn seal_pack(&self, w: PackWriter) -> Result<()> {
+        let id = w.id();
+        let res = self.seal_inner(w);
+        self.open_packs.lock().remove(&id);
+        res
+    }
+
+    fn seal_inner(&self, w: PackWriter) -> Result<()> {
+        let id = w.id();
+        let crate::pack::SealedPack { size, entries } = w
+            .finish()
+            .map_err(|e| Error::io(self.packs.describe(id), e))?;
+        let mut b = WriteBatch::default();
+        for (cid, loc) in &entries {
+            b.put_cf(self.cf(CF_CHUNKS), cid.as_bytes(), loc.encode());
+        }
+        let info = PackInfo {
+            size,
+            entries: entries.len() as u32,
+        };
+        b.put_cf(self.cf(CF_PACKS), id.0, info.encode());
+        self.db.write(b).map_err(Error::db("seal pack"))
+    }
+
+    /// Gives up on an unsealed pack: it stays an orphan file until GC removes it.
+    pub fn abandon_pack(&self, w: PackWriter) {
+        self.open_packs.lock().remove(&w.id());
+    }
+
+    /// Sealed packs and their sizes.
+    pub fn sealed_packs(&self) -> Result<Vec<(PackId, PackInfo)>> {
+        self.db
+            .iterator_cf(self.cf(CF_PACKS), IteratorMode::Start)
+            .map(|kv| {
+                let (k, v) = kv.map_err(Error::db("iterate packs"))?;
+                let id = PackId(k[..].try_into().map_err(|_| Error::Corrupt {
+                    what: "pack key".into(),
+                    detail: format!("{} bytes", k.len()),
+                })?);
+                Ok((id, PackInfo::decode(&v)?))
+            })
+            .collect()
+    }
+
+    // ---------------------------------------------------------------- references and manifests
+
+    /// Writes a group of a backup's references and manifest blocks, and reports which of the
+    /// group's chunks are already stored (`true`) so the caller stores only the others.
+    ///
+    /// Runs under the lifecycle lock: a chunk found here cannot be removed by GC afterwards,
+    /// because GC rechecks references under the same lock before it removes anything, and the
+    /// references written here are visible by then.
+    pub fn add_refs(&self, backup: &BackupId, batch: &RefBatch) -> Result<Vec<bool>> {
+        let chunks_cf = self.cf(CF_CHUNKS);
+        let refs_cf = self.cf(CF_REFS);
+        let mut b = WriteBatch::default();
+        for id in &batch.chunks {
+            b.put_cf(refs_cf, ref_key(id, backup), []);
+        }
+        for (n, block) in &batch.blocks {
+            b.put_cf(
+                self.cf(CF_MANIFESTS),
+                manifest_key(backup, *n),
+                block.encode(),
+            );
+        }
+        let _g = self.lifecycle.lock();
+        let present = self
+            .db
+            .multi_get_cf(batch.chunks.iter().map(|id| (chunks_cf, id.as_bytes())))
+            .into_iter()
+            .map(|r| r.map(|v| v.is_some()))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::db("multi-get chunks"))?;
+        self.db.write(b).map_err(Error::db("write refs"))?;
+        Ok(present)
+    }
+
+    /// Streams a backup's manifest, block by block.
+    pub fn manifest(&self, backup: &BackupId) -> impl Iterator<Item = Result<ManifestBlock>> + '_ {
+        let prefix = *backup.as_bytes();
+        let mut expect = 0u32;
+        self.db
+            .iterator_cf(
+                self.cf(CF_MANIFESTS),
+                IteratorMode::From(&prefix, Direction::Forward),
+            )
+            .take_while(move |kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .map(move |kv| {
+                let (k, v) = kv.map_err(Error::db("iterate manifest"))?;
+                let n = u32::from_be_bytes(k[16..20].try_into().map_err(|_| Error::Corrupt {
+                    what: "manifest key".into(),
+                    detail: "bad length".into(),
+                })?);
+                if n != expect {
+                    return Err(Error::Corrupt {
+                        what: format!("manifest of backup {}", BackupId::from_bytes(prefix)),
+                        detail: format!("block {expect} is missing"),
+                    });
+                }
+                expect += 1;
+                Ok(ManifestBlock::decode(&v)?)
+            })
+    }
+
+    // ---------------------------------------------------------------- records
+
+    /// Stores a record (synced when `sync`).
+    pub fn put_record(&self, rec: &BackupRecord, sync: bool) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db
+            .put_cf_opt(self.cf(CF_BACKUPS), rec.id.as_bytes(), rec.encode(), &wo)
+            .map_err(Error::db("put record"))
+    }
+
+    /// One record.
+    pub fn get_record(&self, id: &BackupId) -> Result<BackupRecord> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_BACKUPS), id.as_bytes())
+            .map_err(Error::db("get record"))?
+            .ok_or(Error::BackupNotFound(*id))?;
+        Ok(BackupRecord::decode(&v)?)
+    }
+
+    /// Every record, oldest first.
+    pub fn list_records(&self) -> Result<Vec<BackupRecord>> {
+        let mut v = self
+            .db
+            .iterator_cf(self.cf(CF_BACKUPS), IteratorMode::Start)
+            .map(|kv| {
+                let (_, v) = kv.map_err(Error::db("iterate records"))?;
+                Ok(BackupRecord::decode(&v)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        v.sort_by_key(|r| (r.created_at, r.id));
+        Ok(v)
+    }
+
+    /// Starts a backup: writes its `in_progress` record and protects its references from GC
+    /// until the guard is dropped.
+    pub fn begin_backup(&self, rec: &BackupRecord) -> Result<ActiveGuard<'_>> {
+        debug_assert_eq!(rec.state, BackupState::InProgress);
+        self.active.lock().insert(rec.id);
+        let guard = ActiveGuard {
+            store: self,
+            id: rec.id,
+        };
+        self.put_record(rec, false)?;
+        Ok(guard)
+    }
+
+    /// Commits a backup: its last manifest block and its `available` record in one synced batch.
+    /// Every pack holding its new chunks must be sealed before this is called.
+    pub fn commit_backup(
+        &self,
+        rec: &BackupRecord,
+        last_block: Option<(u32, &ManifestBlock)>,
+    ) -> Result<()> {
+        let mut b = WriteBatch::default();
+        if let Some((n, block)) = last_block {
+            b.put_cf(
+                self.cf(CF_MANIFESTS),
+                manifest_key(&rec.id, n),
+                block.encode(),
+            );
+        }
+        b.put_cf(self.cf(CF_BACKUPS), rec.id.as_bytes(), rec.encode());
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .write_opt(b, &wo)
+            .map_err(Error::db("commit backup"))
+    }
+
+    /// Deletes a backup: marks it `deleting` (synced), drops its references and manifest, then
+    /// its record. A crash midway leaves a `deleting` record that GC finishes.
+    pub fn delete_backup(&self, id: &BackupId) -> Result<()> {
+        let mut rec = self.get_record(id)?;
+        if self.active.lock().contains(id) {
+            return Err(Error::Config(format!(
+                "backup {id} is still being written; cancel it first"
+            )));
+        }
+        if rec.state != BackupState::Deleting {
+            rec.state = BackupState::Deleting;
+            self.put_record(&rec, true)?;
+        }
+        self.drop_references(id)?;
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .delete_cf_opt(self.cf(CF_BACKUPS), id.as_bytes(), &wo)
+            .map_err(Error::db("delete record"))
+    }
+
+    /// Removes a backup's references and manifest blocks (record untouched).
+    pub(crate) fn drop_references(&self, id: &BackupId) -> Result<()> {
+        let refs_cf = self.cf(CF_REFS);
+        let man_cf = self.cf(CF_MANIFESTS);
+        let mut n = 0u32;
+        loop {
+            let key = manifest_key(id, n);
+            let Some(v) = self
+                .db
+                .get_pinned_cf(man_cf, key)
+                .map_err(Error::db("get manifest block"))?
+            else {
+                break;
+            };
+            // A damaged block cannot be parsed for its refs; GC's dead-ref sweep removes them.
+            let mut b = WriteBatch::default();
+            if let Ok(block) = ManifestBlock::decode(&v) {
+                for e in &block.entries {
+                    if let ManifestEntry::Chunk { id: c, .. } = e {
+                        b.delete_cf(refs_cf, ref_key(c, id));
+                    }
+                }
+            }
+            b.delete_cf(man_cf, key);
+            self.db.write(b).map_err(Error::db("drop refs"))?;
+            n += 1;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- keys
+
+    /// The wrapped data key of `volume`, if it is an encrypted volume.
+    pub fn volume_key(&self, volume: &VolumeId) -> Result<Option<WrappedKey>> {
+        self.db
+            .get_pinned_cf(self.cf(CF_KEYS), volume.as_str())
+            .map_err(Error::db("get volume key"))?
+            .map(|v| WrappedKey::decode(&v).map_err(Error::from))
+            .transpose()
+    }
+
+    /// Stores `volume`'s wrapped data key (synced) unless one exists; returns the stored one.
+    pub fn put_volume_key_if_absent(
+        &self,
+        volume: &VolumeId,
+        key: &WrappedKey,
+    ) -> Result<WrappedKey> {
+        let _g = self.lifecycle.lock();
+        if let Some(k) = self.volume_key(volume)? {
+            return Ok(k);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(CF_KEYS), volume.as_str(), key.encode(), &wo)
+            .map_err(Error::db("put volume key"))?;
+        Ok(key.clone())
+    }
+
+    // ---------------------------------------------------------------- accounting
+
+    /// Packs, chunks and bytes in the store.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let mut s = StoreStats::default();
+        for p in self.sealed_packs()? {
+            s.packs += 1;
+            s.pack_bytes += p.1.size;
+        }
+        for c in self.chunks() {
+            let (_, loc) = c?;
+            s.chunks += 1;
+            s.live_bytes += loc.entry_len();
+        }
+        s.backups = self.list_records()?.len() as u64;
+        Ok(s)
+    }
+
+    /// Flushes memtables so the index files on disk are current (used before copying a store).
+    pub fn flush(&self) -> Result<()> {
+        for cf in ALL_CFS {
+            self.db.flush_cf(self.cf(cf)).map_err(Error::db("flush"))?;
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Loads every record into a map (GC and verify use it to classify references).
+    pub(crate) fn record_states(&self) -> Result<HashMap<BackupId, BackupState>> {
+        Ok(self
+            .list_records()?
+            .into_iter()
+            .map(|r| (r.id, r.state))
+            .collect())
+    }
+}

@@ -1,0 +1,29 @@
+//! blockvault-store: where chunks are kept.
+//!
+//! A store is a directory with three things in it:
+//! - `store.json`: the store's config (chunker sizes, compression, key file, master key
+//!   fingerprint), written once at `init` ([`StoreConfig`]);
+//! - pack files, append-only, each holding many chunk envelopes, behind the narrow
+//!   [`PackStorage`] trait (local files today, an S3-compatible object store later);
+//! - `index/`: a RocksDB database with one column family per kind of fact: chunk locations,
+//!   references, backup records, manifests, volume keys and sealed packs ([`Store`]).
+//!
+//! Durability order, relied on by every crash argument in ARCHITECTURE.md:
+//! 1. chunk envelopes are appended to a pack, and the pack is fsynced (file and directory);
+//! 2. only then does one index batch record the chunk locations and the sealed pack;
+//! 3. a backup record becomes `available` last, in one synced batch with its final manifest block.
+//!
+//! The store also owns the *lifecycle lock* that makes dedup safe against a concurrent GC: see
+//! [`Store::add_refs`] and [`Store::gc_delete_unreferenced`].
+
+mod config;
+mod error;
+mod gc;
+mod index;
+mod pack;
+
+pub use config::StoreConfig;
+pub use error::{Error, Result};
+pub use gc::{GcOptions, GcReport};
+pub use index::{ActiveGuard, ChunkLoc, PackInfo, RefBatch, Store, StoreStats};
+pub use pack::{LocalPacks, MemoryPacks, PackSink, PackStorage, PackWriter};

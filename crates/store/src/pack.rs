@@ -1,0 +1,330 @@
+//! Pack files: append-only containers of chunk envelopes, behind the [`PackStorage`] trait.
+//!
+//! Pack layout (see FORMAT.md): a 24-byte header (`PACK_MAGIC`, pack id), then entries of
+//! `"BVCE" | chunk id (32) | envelope length u32 LE | envelope`. The entry header makes a pack
+//! self-describing, so the index could be rebuilt from packs alone, and lets every read check that
+//! the index pointed at the chunk it expected.
+//!
+//! The trait is deliberately narrow (create/append/finish, ranged read, delete, list) so that
+//! an object-store backend (S3, Ceph RGW, MinIO) can implement it: a sink may buffer or
+//! multipart-upload, and `finish` must not return before the pack is durable.
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blockvault_core::format::{
+    PACK_ENTRY_HEADER_LEN, PACK_ENTRY_MAGIC, PACK_HEADER_LEN, PACK_MAGIC,
+};
+use blockvault_core::{ChunkId, PackId};
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result};
+use crate::index::ChunkLoc;
+
+/// Where pack bytes live.
+pub trait PackStorage: Send + Sync + 'static {
+    /// Starts a new pack. Nothing is visible to readers until the sink is finished.
+    fn create(&self, id: PackId) -> io::Result<Box<dyn PackSink>>;
+    /// Reads `len` bytes at `offset` of a finished pack. A missing pack is `NotFound`.
+    fn read_at(&self, id: PackId, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Removes a pack (idempotent).
+    fn delete(&self, id: PackId) -> io::Result<()>;
+    /// Every pack present, finished or not.
+    fn list(&self) -> io::Result<Vec<PackId>>;
+    /// A human description for error messages.
+    fn describe(&self, id: PackId) -> String;
+}
+
+/// A pack being written.
+pub trait PackSink: Send {
+    /// Appends bytes.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Makes the pack durable; after this returns the pack may be referenced by the index.
+    fn finish(self: Box<Self>) -> io::Result<()>;
+}
+
+/// Writes `body` to `path` and fsyncs it.
+pub(crate) fn write_durably(path: &Path, body: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(body).map_err(|e| Error::io(path, e))?;
+    f.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// Fsyncs a directory so that entries created or removed in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Pack files on a local filesystem: `packs/<first two hex digits>/<pack id>.pack`.
+pub struct LocalPacks {
+    root: PathBuf,
+    /// Open read handles. Reading through a handle keeps working after GC unlinks the file.
+    handles: Mutex<HashMap<PackId, Arc<File>>>,
+}
+
+const MAX_OPEN_HANDLES: usize = 256;
+
+impl LocalPacks {
+    /// Pack storage under `root` (created if missing).
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        Ok(LocalPacks {
+            root,
+            handles: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, id: PackId) -> PathBuf {
+        let h = id.to_hex();
+        self.root.join(&h[..2]).join(format!("{h}.pack"))
+    }
+
+    fn handle(&self, id: PackId) -> io::Result<Arc<File>> {
+        if let Some(f) = self.handles.lock().get(&id) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(self.path(id))?);
+        let mut h = self.handles.lock();
+        if h.len() >= MAX_OPEN_HANDLES {
+            h.clear();
+        }
+        h.insert(id, f.clone());
+        Ok(f)
+    }
+}
+
+struct LocalSink {
+    file: BufWriter<File>,
+    dir: PathBuf,
+}
+
+impl PackSink for LocalSink {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all(buf)
+    }
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        let file = self.file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+impl PackStorage for LocalPacks {
+    fn create(&self, id: PackId) -> io::Result<Box<dyn PackSink>> {
+        let path = self.path(id);
+        let dir = path.parent().expect("pack path has a parent").to_path_buf();
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)?;
+            File::open(&self.root)?.sync_all()?;
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Box::new(LocalSink {
+            file: BufWriter::with_capacity(1 << 20, file),
+            dir,
+        }))
+    }
+
+    fn read_at(&self, id: PackId, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let f = self.handle(id)?;
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn delete(&self, id: PackId) -> io::Result<()> {
+        self.handles.lock().remove(&id);
+        let path = self.path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => File::open(path.parent().expect("parent"))?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self) -> io::Result<Vec<PackId>> {
+        let mut out = Vec::new();
+        for sub in std::fs::read_dir(&self.root)? {
+            let sub = sub?;
+            if !sub.file_type()?.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(sub.path())? {
+                let name = f?.file_name();
+                let name = name.to_string_lossy();
+                if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
+                    out.push(id);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn describe(&self, id: PackId) -> String {
+        self.path(id).display().to_string()
+    }
+}
+
+/// Packs in memory, for tests of everything above the storage.
+#[derive(Default)]
+pub struct MemoryPacks {
+    packs: Arc<RwLock<HashMap<PackId, Arc<Vec<u8>>>>>,
+}
+
+struct MemorySink {
+    id: PackId,
+    buf: Vec<u8>,
+    packs: Arc<RwLock<HashMap<PackId, Arc<Vec<u8>>>>>,
+}
+
+impl PackSink for MemorySink {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(buf);
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> io::Result<()> {
+        self.packs.write().insert(self.id, Arc::new(self.buf));
+        Ok(())
+    }
+}
+
+impl PackStorage for MemoryPacks {
+    fn create(&self, id: PackId) -> io::Result<Box<dyn PackSink>> {
+        Ok(Box::new(MemorySink {
+            id,
+            buf: Vec::new(),
+            packs: self.packs.clone(),
+        }))
+    }
+    fn read_at(&self, id: PackId, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let p = self
+            .packs
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such pack"))?;
+        let start = offset as usize;
+        p.get(start..start + len)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past pack end"))
+    }
+    fn delete(&self, id: PackId) -> io::Result<()> {
+        self.packs.write().remove(&id);
+        Ok(())
+    }
+    fn list(&self) -> io::Result<Vec<PackId>> {
+        Ok(self.packs.read().keys().copied().collect())
+    }
+    fn describe(&self, id: PackId) -> String {
+        format!("memory pack {id}")
+    }
+}
+
+/// A pack made durable by [`PackWriter::finish`].
+pub(crate) struct SealedPack {
+    pub size: u64,
+    pub entries: Vec<(ChunkId, ChunkLoc)>,
+}
+
+/// Appends chunk entries to one new pack and remembers where each went.
+pub struct PackWriter {
+    id: PackId,
+    sink: Box<dyn PackSink>,
+    size: u64,
+    entries: Vec<(ChunkId, ChunkLoc)>,
+    by_id: HashMap<ChunkId, usize>,
+}
+
+impl PackWriter {
+    pub(crate) fn new(id: PackId, mut sink: Box<dyn PackSink>) -> io::Result<Self> {
+        let mut header = [0u8; PACK_HEADER_LEN as usize];
+        header[..8].copy_from_slice(&PACK_MAGIC);
+        header[8..].copy_from_slice(&id.0);
+        sink.write_all(&header)?;
+        Ok(PackWriter {
+            id,
+            sink,
+            size: PACK_HEADER_LEN,
+            entries: Vec::new(),
+            by_id: HashMap::new(),
+        })
+    }
+
+    /// The pack's id.
+    pub fn id(&self) -> PackId {
+        self.id
+    }
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// Number of chunk entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    /// True when no chunk has been appended.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+    /// True when this (unsealed) pack already holds `id`.
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Appends one chunk envelope.
+    pub fn append(&mut self, id: ChunkId, raw_len: u32, envelope: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(envelope.len())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "envelope over 4 GiB"))?;
+        let mut h = [0u8; PACK_ENTRY_HEADER_LEN as usize];
+        h[..4].copy_from_slice(&PACK_ENTRY_MAGIC);
+        h[4..36].copy_from_slice(id.as_bytes());
+        h[36..40].copy_from_slice(&len.to_le_bytes());
+        self.sink.write_all(&h)?;
+        self.sink.write_all(envelope)?;
+        let loc = ChunkLoc {
+            pack: self.id,
+            offset: self.size,
+            len,
+            raw_len,
+        };
+        self.by_id.insert(id, self.entries.len());
+        self.entries.push((id, loc));
+        self.size += PACK_ENTRY_HEADER_LEN + u64::from(len);
+        Ok(())
+    }
+
+    /// Makes the pack durable and returns its entries.
+    pub(crate) fn finish(self) -> io::Result<SealedPack> {
+        self.sink.finish()?;
+        Ok(SealedPack {
+            size: self.size,
+            entries: self.entries,
+        })
+    }
+}
+
+/// Splits a pack entry read from storage into its envelope, checking magic and id.
+pub(crate) fn check_entry(raw: Vec<u8>, id: &ChunkId) -> std::result::Result<Vec<u8>, String> {
+    let h = PACK_ENTRY_HEADER_LEN as usize;
+    if raw.len() < h || raw[..4] != PACK_ENTRY_MAGIC {
+        return Err("bad pack entry magic".into());
+    }
+    if raw[4..36] != id.as_bytes()[..] {
+        return Err("pack entry holds a different chunk id".into());
+    }
+    let len = u32::from_le_bytes(raw[36..40].try_into().expect("4 bytes")) as usize;
+    if len != raw.len() - h {
+        return Err("pack entry length disagrees with the index".into());
+    }
+    let mut raw = raw;
+    raw.drain(..h);
+    Ok(raw)
+}
