@@ -260,7 +260,8 @@ fn index(c: &mut Criterion) {
     // 16 groups of 256 = one manifest block of 4096 entries = 256 MiB of volume per iteration.
     let per_iter = 16 * GROUP;
     g.throughput(Throughput::Bytes((per_iter * CHUNK) as u64));
-    g.sample_size(20);
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
     g.bench_function("add_refs_4096_new", |b| {
         let mut rng = StdRng::seed_from_u64(4);
         b.iter_batched(

@@ -277,7 +277,23 @@ impl Engine {
             };
 
             // Stage 3: writer, on this thread.
-            let written = self.write_stage(rec, &rx, key.as_deref(), &opts.progress);
+            // Stage 4: sealer. Packs are fsynced and indexed off the writer's thread, so the
+            // pipeline keeps running while the disk flushes; the commit waits for it below.
+            let (seal_tx, seal_rx) = crossbeam_channel::bounded::<PackWriter>(2);
+            let sealer = {
+                let store = &self.store;
+                s.spawn(move || -> Result<()> {
+                    for p in seal_rx {
+                        store.seal_pack(p)?;
+                    }
+                    Ok(())
+                })
+            };
+            let written = self.write_stage(rec, &rx, key.as_deref(), &opts.progress, seal_tx);
+            let sealed = sealer
+                .join()
+                .map_err(|_| Error::Internal("sealer thread panicked".into()))
+                .and_then(|r| r);
             if written.is_err() {
                 abort.store(true, Ordering::Relaxed);
             }
@@ -290,6 +306,7 @@ impl Engine {
                 .map_err(|_| Error::Internal("reader thread panicked".into()))?;
             let out = written?;
             read?;
+            sealed?;
             if out.bytes != rec.size {
                 return Err(Error::Source {
                     path: opts.source.display().to_string(),
@@ -309,9 +326,11 @@ impl Engine {
         rx: &crossbeam_channel::Receiver<Item>,
         key: Option<&DataKey>,
         progress: &Arc<dyn Progress>,
+        sealer: crossbeam_channel::Sender<PackWriter>,
     ) -> Result<Outcome> {
         let mut w = Writer {
             engine: self,
+            sealer,
             backup: rec.id,
             key,
             pack: None,
@@ -373,6 +392,8 @@ impl Engine {
 /// The writer stage's state.
 struct Writer<'a> {
     engine: &'a Engine,
+    /// Full packs go to the sealer thread; dropping this ends it.
+    sealer: crossbeam_channel::Sender<PackWriter>,
     backup: BackupId,
     key: Option<&'a DataKey>,
     pack: Option<PackWriter>,
@@ -477,7 +498,11 @@ impl Writer<'_> {
 
     fn seal_pack(&mut self) -> Result<()> {
         if let Some(p) = self.pack.take() {
-            self.engine.store.seal_pack(p)?;
+            if let Err(crossbeam_channel::SendError(p)) = self.sealer.send(p) {
+                // The sealer stopped on an error, which its join reports.
+                self.engine.store.abandon_pack(p);
+                return Err(Error::Internal("pack sealer stopped".into()));
+            }
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! failure stops the restore and names the chunk. A target file created by the restore is removed
 //! again on failure, so a failed restore never leaves a plausible-looking image behind.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blockvault_core::{BackupId, BackupState, ChunkId, EnvelopeCodec, ManifestEntry};
@@ -45,6 +46,9 @@ pub struct RestoreReport {
     pub chunks: u64,
     pub hole_bytes: u64,
 }
+
+/// Start write-back of the target after every this many bytes restored.
+const WRITEBACK_EVERY: u64 = 64 << 20;
 
 struct Work {
     id: ChunkId,
@@ -103,6 +107,7 @@ impl Engine {
             }
         };
         let (tx, rx) = crossbeam_channel::bounded::<Work>(self.threads * 16);
+        let written = AtomicU64::new(0);
         let mut report = RestoreReport {
             backup_id: rec.id,
             target: target.path.display().to_string(),
@@ -113,7 +118,7 @@ impl Engine {
         std::thread::scope(|s| {
             for _ in 0..self.threads {
                 let rx = rx.clone();
-                let (fail, failed) = (&fail, &failed);
+                let (fail, failed, written) = (&fail, &failed, &written);
                 s.spawn(move || {
                     for w in rx.iter() {
                         if failed() {
@@ -141,7 +146,14 @@ impl Engine {
                                 target.write_at(&plain, w.offset)
                             });
                         match r {
-                            Ok(()) => opts.progress.advance(u64::from(w.len)),
+                            Ok(()) => {
+                                opts.progress.advance(u64::from(w.len));
+                                let len = u64::from(w.len);
+                                let before = written.fetch_add(len, Ordering::Relaxed);
+                                if (before + len) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
+                                    target.start_writeback();
+                                }
+                            }
                             Err(e) => fail(e),
                         }
                     }
