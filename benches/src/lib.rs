@@ -372,9 +372,8 @@ pub fn write_modified_copy(src: &Path, dst: &Path, change_frac: f64, seed: u64) 
     let goal = (len as f64 * change_frac.clamp(0.0, 1.0)) as u64;
     let mut changed = 0u64;
     while changed < goal && len >= 4096 {
-        let n = (rng.gen_range(16u64 << 10..=1 << 20) / 4096 * 4096)
-            .min(goal - changed)
-            .clamp(4096, len);
+        let n = rng.gen_range(16u64 << 10..=1 << 20).min(goal - changed);
+        let n = (n.div_ceil(4096) * 4096).min(len / 4096 * 4096);
         let at = rng.gen_range(0..=(len - n) / 4096) * 4096;
         let data = g.buffer(n as usize);
         f.seek(SeekFrom::Start(at))?;
@@ -383,4 +382,40 @@ pub fn write_modified_copy(src: &Path, dst: &Path, change_frac: f64, seed: u64) 
     }
     f.sync_all()?;
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_data_is_deterministic_and_exact() {
+        let a = MixedGen::new(5, BinarySource::Synthetic, 4096, 64 << 10).buffer(1 << 20);
+        let b = MixedGen::new(5, BinarySource::Synthetic, 4096, 64 << 10).buffer(1 << 20);
+        assert_eq!(a.len(), 1 << 20);
+        assert_eq!(a, b);
+        assert!(a.contains(&0) && a.iter().any(|&x| x != 0));
+    }
+
+    #[test]
+    fn modified_copy_changes_about_the_requested_fraction() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("a"), dir.path().join("b"));
+        let mut f = File::create(&src).unwrap();
+        MixedGen::new(1, BinarySource::Synthetic, 4096, 64 << 10)
+            .write_to(&mut f, 8 << 20)
+            .unwrap();
+        drop(f);
+        let changed = write_modified_copy(&src, &dst, 0.05, 2).unwrap();
+        let (a, b) = (std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+        assert_eq!(a.len(), b.len());
+        let differing = a
+            .chunks(4096)
+            .zip(b.chunks(4096))
+            .filter(|(x, y)| x != y)
+            .count();
+        let goal = (8u64 << 20) / 20;
+        assert!((goal..goal + 4096).contains(&changed), "{changed}");
+        assert!(differing > 0 && differing as u64 * 4096 <= changed);
+    }
 }

@@ -25,12 +25,12 @@ pub struct ChunkerParams {
 }
 
 impl Default for ChunkerParams {
-    /// 16 KiB / 64 KiB / 256 KiB: chosen by measurement, see ARCHITECTURE.md ("Chunk sizes").
+    /// 8 KiB / 32 KiB / 128 KiB: chosen by measurement, see ARCHITECTURE.md ("Chunk sizes").
     fn default() -> Self {
         ChunkerParams {
-            min_size: 16 * 1024,
-            avg_size: 64 * 1024,
-            max_size: 256 * 1024,
+            min_size: 8 * 1024,
+            avg_size: 32 * 1024,
+            max_size: 128 * 1024,
         }
     }
 }
