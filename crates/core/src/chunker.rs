@@ -152,16 +152,21 @@ impl<R: Read> Chunker<R> {
 
     /// The next chunk, or `None` at the end of the stream.
     pub fn next_chunk(&mut self) -> std::io::Result<Option<RawChunk>> {
+        Ok(self.next_slice()?.map(|(offset, data)| RawChunk {
+            offset,
+            data: data.to_vec(),
+        }))
+    }
+
+    /// The next chunk as a borrowed slice with its volume offset, or `None` at the end. Lets
+    /// the caller look at a chunk (an all-zero one, say) before deciding to copy it.
+    pub fn next_slice(&mut self) -> std::io::Result<Option<(u64, &[u8])>> {
         loop {
             if let Some(len) = self.cuts.pop_front() {
-                let data = self.buf[self.start..self.start + len].to_vec();
-                let chunk = RawChunk {
-                    offset: self.offset,
-                    data,
-                };
+                let (start, offset) = (self.start, self.offset);
                 self.start += len;
                 self.offset += len as u64;
-                return Ok(Some(chunk));
+                return Ok(Some((offset, &self.buf[start..start + len])));
             }
             if !self.eof {
                 self.fill()?;

@@ -46,20 +46,27 @@ impl Default for Compression {
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Compresses `src` into `dst` (which must be large enough for zstd's bound) with a per-thread
-/// context; returns the compressed length.
-fn zstd_compress(level: i32, src: &[u8], dst: &mut [u8]) -> std::io::Result<usize> {
+/// Compresses `src` with a per-thread context into a per-thread scratch buffer and hands the
+/// result to `f` (no zero-filling of the output buffer, no allocation per chunk).
+fn zstd_compress<T>(level: i32, src: &[u8], f: impl FnOnce(&[u8]) -> T) -> std::io::Result<T> {
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.as_ref().map(|(l, _)| *l) != Some(level) {
             *c = Some((level, zstd::bulk::Compressor::new(level)?));
         }
-        c.as_mut()
-            .expect("set above")
-            .1
-            .compress_to_buffer(src, dst)
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            s.clear();
+            s.reserve(zstd::zstd_safe::compress_bound(src.len()));
+            c.as_mut()
+                .expect("set above")
+                .1
+                .compress_to_buffer(src, &mut *s)?;
+            Ok(f(&s))
+        })
     })
 }
 
@@ -99,18 +106,18 @@ impl EnvelopeCodec {
         let mut flags = 0u8;
         let mut out = Vec::new();
         if let Compression::Zstd { level } = self.compression {
-            out.resize(body + zstd::zstd_safe::compress_bound(plain.len()), 0);
-            match zstd_compress(level, plain, &mut out[body..]) {
-                Ok(n) if n < plain.len() => {
-                    out.truncate(body + n);
+            let _ = zstd_compress(level, plain, |z| {
+                if z.len() < plain.len() {
+                    out.reserve_exact(body + z.len() + TAG_LEN);
+                    out.resize(body, 0);
+                    out.extend_from_slice(z);
                     flags |= ENVELOPE_FLAG_ZSTD;
                 }
-                _ => out.clear(),
-            }
+            });
         }
         if flags & ENVELOPE_FLAG_ZSTD == 0 {
             out.clear();
-            out.reserve(body + plain.len() + TAG_LEN);
+            out.reserve_exact(body + plain.len() + TAG_LEN);
             out.resize(body, 0);
             out.extend_from_slice(plain);
         }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use blockvault_core::chunker::{Chunker, RawChunk};
+use blockvault_core::chunker::{is_zero, Chunker, RawChunk};
 use blockvault_core::format::RECORD_VERSION;
 use blockvault_core::keys::chunk_id;
 use blockvault_core::manifest::ManifestBuilder;
@@ -82,6 +82,16 @@ struct Item {
     result: Result<Processed>,
 }
 
+impl Item {
+    /// Budget bytes this item holds: chunks sent to a worker hold their length, holes nothing.
+    fn held(&self) -> u64 {
+        match self.result {
+            Ok(Processed::Hole) => 0,
+            _ => u64::from(self.len),
+        }
+    }
+}
+
 /// Totals a backup accumulates.
 #[derive(Default)]
 struct Totals {
@@ -110,9 +120,6 @@ fn process(
     key: Option<&DataKey>,
     chunk: RawChunk,
 ) -> Result<Processed> {
-    if chunk.is_zero() {
-        return Ok(Processed::Hole);
-    }
     let id = chunk_id(&chunk.data, key);
     if store.has_chunk(&id)? {
         return Ok(Processed::Chunk {
@@ -250,7 +257,7 @@ impl Engine {
                         if abort.load(Ordering::Relaxed) {
                             return Ok(());
                         }
-                        let chunk = match chunker.next_chunk() {
+                        let (offset, data) = match chunker.next_slice() {
                             Ok(Some(c)) => c,
                             Ok(None) => return Ok(()),
                             Err(e) => {
@@ -260,7 +267,21 @@ impl Engine {
                                 })
                             }
                         };
-                        let len = chunk.data.len() as u32;
+                        let len = data.len() as u32;
+                        // All-zero chunks become holes right here: no copy, no worker.
+                        if is_zero(data) {
+                            let _ = tx.send(Item {
+                                seq,
+                                len,
+                                result: Ok(Processed::Hole),
+                            });
+                            seq += 1;
+                            continue;
+                        }
+                        let chunk = RawChunk {
+                            offset,
+                            data: data.to_vec(),
+                        };
                         if !budget.acquire(u64::from(len), &abort) {
                             return Ok(());
                         }
@@ -299,7 +320,7 @@ impl Engine {
             }
             // Drain whatever is still in flight so the shared budget is returned.
             for item in rx.iter() {
-                self.budget.release(u64::from(item.len));
+                self.budget.release(item.held());
             }
             let read = reader
                 .join()
@@ -334,6 +355,7 @@ impl Engine {
             backup: rec.id,
             key,
             pack: None,
+            sealing: Default::default(),
             builder: ManifestBuilder::default(),
             blocks_written: 0,
             pending_blocks: Vec::new(),
@@ -381,8 +403,10 @@ impl Engine {
             if let Some(p) = w.pack.take() {
                 self.store.abandon_pack(p);
             }
-            for (len, _) in w.group.drain(..) {
-                self.budget.release(u64::from(len));
+            for (len, p) in w.group.drain(..) {
+                if matches!(p, Processed::Chunk { .. }) {
+                    self.budget.release(u64::from(len));
+                }
             }
         }
         res
@@ -397,6 +421,8 @@ struct Writer<'a> {
     backup: BackupId,
     key: Option<&'a DataKey>,
     pack: Option<PackWriter>,
+    /// Ids in the last packs handed to the sealer: not yet indexed, but stored by this backup.
+    sealing: std::collections::VecDeque<std::collections::HashSet<ChunkId>>,
     builder: ManifestBuilder,
     blocks_written: u32,
     pending_blocks: Vec<(u32, ManifestBlock)>,
@@ -453,14 +479,16 @@ impl Writer<'_> {
         let mut done = 0u64;
         for (len, p) in std::mem::take(&mut self.group) {
             done += u64::from(len);
-            self.engine.budget.release(u64::from(len));
             let Processed::Chunk { id, data, envelope } = p else {
                 continue;
             };
+            self.engine.budget.release(u64::from(len));
             if present.next().expect("one flag per chunk") {
                 continue;
             }
-            if self.pack.as_ref().is_some_and(|w| w.contains(&id)) {
+            if self.pack.as_ref().is_some_and(|w| w.contains(&id))
+                || self.sealing.iter().any(|ids| ids.contains(&id))
+            {
                 continue;
             }
             let envelope = match (envelope, data) {
@@ -498,6 +526,11 @@ impl Writer<'_> {
 
     fn seal_pack(&mut self) -> Result<()> {
         if let Some(p) = self.pack.take() {
+            // The sealer holds at most 2 queued packs plus the one it is sealing.
+            if self.sealing.len() >= 4 {
+                self.sealing.pop_front();
+            }
+            self.sealing.push_back(p.chunk_ids().copied().collect());
             if let Err(crossbeam_channel::SendError(p)) = self.sealer.send(p) {
                 // The sealer stopped on an error, which its join reports.
                 self.engine.store.abandon_pack(p);

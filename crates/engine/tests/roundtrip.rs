@@ -155,3 +155,34 @@ fn incremental_records_parent_and_is_self_contained() {
     ts.open(Default::default()).unwrap();
     assert_eq!(ts.engine().get(&inc.id).unwrap(), inc);
 }
+
+#[test]
+fn repeated_chunks_are_stored_once_even_across_pack_seals() {
+    // Small packs: repeats of a chunk arrive while its pack is still with the sealer.
+    let ts = TestStore::with_config(StoreConfig {
+        pack_target_size: 1 << 20,
+        ..StoreConfig::default()
+    });
+    let block = random_bytes(6 << 20, 12);
+    let data = block.repeat(4);
+    let src = ts.path("rep.img");
+    write_file(&src, &data);
+    let rec = ts.backup("rep", &src, false, false);
+    let distinct: std::collections::HashSet<_> = ts
+        .engine()
+        .store()
+        .manifest(&rec.id)
+        .flat_map(|b| b.unwrap().entries)
+        .filter_map(|e| match e {
+            blockvault_core::ManifestEntry::Chunk { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rec.new_chunks,
+        distinct.len() as u64,
+        "a chunk was stored twice"
+    );
+    assert!(rec.stored_bytes < (7 << 20), "stored {}", rec.stored_bytes);
+    assert!(ts.restore_bytes(rec.id) == data);
+}

@@ -274,6 +274,10 @@ impl PackWriter {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+    /// Ids of the chunks appended so far.
+    pub fn chunk_ids(&self) -> impl Iterator<Item = &ChunkId> {
+        self.by_id.keys()
+    }
     /// True when this (unsealed) pack already holds `id`.
     pub fn contains(&self, id: &ChunkId) -> bool {
         self.by_id.contains_key(id)
