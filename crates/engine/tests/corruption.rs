@@ -87,3 +87,32 @@ fn flipped_pack_byte_is_named_by_verify_and_fails_restore() {
         );
     }
 }
+
+#[test]
+fn deleted_pack_is_reported_missing_with_its_backups() {
+    let ts = TestStore::new();
+    let data = random_bytes(6 << 20, 8);
+    let src = ts.path("v.img");
+    write_file(&src, &data);
+    let rec = ts.backup("v", &src, false, false);
+    for p in all_files(&ts.store_dir().join("packs")) {
+        std::fs::remove_file(p).unwrap();
+    }
+    let report = ts.engine().verify(None, &NoProgress).unwrap();
+    assert!(report.corrupt.is_empty(), "{report:?}");
+    assert!(!report.missing.is_empty());
+    assert!(
+        report.missing.iter().all(|p| p.backups == vec![rec.id]),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.affected_backups().into_iter().collect::<Vec<_>>(),
+        vec![rec.id]
+    );
+    let out = ts.path("out.img");
+    assert!(ts
+        .engine()
+        .restore(RestoreOptions::new(rec.id, &out))
+        .is_err());
+    assert!(!out.exists());
+}
