@@ -1,6 +1,6 @@
 //! The `blockvault local` commands, driven as an operator would: as a process.
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rand::{RngCore, SeedableRng};
@@ -30,14 +30,13 @@ fn image(p: &Path, len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-#[test]
-fn local_lifecycle_through_the_cli() {
+/// A temp dir with an initialized store (with a key file) and an image of `len` bytes.
+fn setup(len: usize, seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Vec<u8>) {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");
     let key = d.path().join("k.key");
     let img = d.path().join("disk.img");
-    let data = image(&img, 6 << 20, 1);
-
+    let data = image(&img, len, seed);
     ok(bv(&[
         &"local",
         &"init",
@@ -46,6 +45,12 @@ fn local_lifecycle_through_the_cli() {
         &"--key-file",
         &key,
     ]));
+    (d, store, key, img, data)
+}
+
+#[test]
+fn local_lifecycle_through_the_cli() {
+    let (d, store, key, img, data) = setup(6 << 20, 1);
     assert!(key.exists());
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -249,19 +254,7 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
 /// one must show as interrupted, and GC + verify must leave a clean store.
 #[test]
 fn kill_9_during_backup_leaves_committed_backups_restorable() {
-    let d = tempfile::tempdir().unwrap();
-    let store = d.path().join("store");
-    let key = d.path().join("k.key");
-    let img = d.path().join("disk.img");
-    let first = image(&img, 8 << 20, 3);
-    ok(bv(&[
-        &"local",
-        &"init",
-        &"--store",
-        &store,
-        &"--key-file",
-        &key,
-    ]));
+    let (d, store, _key, img, first) = setup(8 << 20, 3);
     let committed = ok(bv(&[
         &"local",
         &"backup",

@@ -10,7 +10,7 @@ fn four_concurrent_backups_into_one_store_all_restore() {
     let base = mixed_bytes(48 << 20, 40);
     let vols: Vec<Vec<u8>> = (0..4)
         .map(|i| {
-            let mut v = base[(i * 8 << 20)..(i * 8 << 20) + (16 << 20)].to_vec();
+            let mut v = base[((i * 8) << 20)..((i * 8) << 20) + (16 << 20)].to_vec();
             v.extend_from_slice(&random_bytes(8 << 20, 41 + i as u64));
             v
         })
