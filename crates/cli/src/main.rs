@@ -213,9 +213,9 @@ fn print_list(records: &[BackupRecord]) {
     for r in records {
         println!(
             "{:<36}  {:<16}  {:<11}  {:>10}  {:>10}  {:<4}  {}",
-            r.id,
-            r.volume_id,
-            format!("{:?}", r.state).to_lowercase(),
+            r.id.to_string(),
+            r.volume_id.as_str(),
+            r.state.as_str(),
             human(r.size),
             human(r.stored_bytes),
             if r.is_incremental { "yes" } else { "no" },

@@ -24,6 +24,18 @@ pub enum BackupState {
     Deleting,
 }
 
+impl BackupState {
+    /// The state's name as stored and shown (`in_progress`, `available`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackupState::InProgress => "in_progress",
+            BackupState::Available => "available",
+            BackupState::Error => "error",
+            BackupState::Deleting => "deleting",
+        }
+    }
+}
+
 /// One backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -111,6 +123,14 @@ mod tests {
             fail_reason: None,
         };
         assert_eq!(BackupRecord::decode(&r.encode()).unwrap(), r);
+        for st in [
+            BackupState::InProgress,
+            BackupState::Available,
+            BackupState::Error,
+            BackupState::Deleting,
+        ] {
+            assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
+        }
         let mut v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
         v["format"] = 99.into();
         assert!(BackupRecord::decode(&serde_json::to_vec(&v).unwrap()).is_err());
