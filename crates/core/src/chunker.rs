@@ -134,6 +134,16 @@ impl<R: Read> Chunker<R> {
         })
     }
 
+    /// Starts over on a new reader, keeping the buffer (no reallocation). Offsets restart at 0.
+    pub fn reset(&mut self, reader: R) {
+        self.reader = reader;
+        self.start = 0;
+        self.end = 0;
+        self.eof = false;
+        self.offset = 0;
+        self.cuts.clear();
+    }
+
     /// Moves the unconsumed tail to the front and reads until the buffer is full or EOF.
     fn fill(&mut self) -> std::io::Result<()> {
         self.buf.copy_within(self.start..self.end, 0);

@@ -14,6 +14,7 @@
 //! record in one synced batch. A crash anywhere before the last step leaves the backup
 //! `in_progress`; the next open marks it `error` and GC reclaims what only it used.
 use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use blockvault_core::keys::chunk_id;
 use blockvault_core::manifest::ManifestBuilder;
 use blockvault_core::{
     BackupId, BackupRecord, BackupState, ChunkId, DataKey, EnvelopeCodec, ManifestBlock,
-    ManifestEntry, VolumeId,
+    ManifestEntry, PackId, VolumeId,
 };
 use blockvault_store::{PackWriter, RefBatch, Store};
 use time::OffsetDateTime;
@@ -110,6 +111,9 @@ struct Outcome {
     /// Bytes the manifest covers.
     bytes: u64,
 }
+
+/// Holes are handed to the writer in pieces of at most this many bytes.
+const HOLE_PIECE: u64 = 1 << 30;
 
 /// Groups of this many results share one index batch.
 const GROUP: usize = 256;
@@ -248,52 +252,77 @@ impl Engine {
                 let budget = &self.budget;
                 let pool = &self.pool;
                 s.spawn(move || -> Result<()> {
-                    let mut chunker = Chunker::new(source.file, chunker_params)?;
+                    let src_err = |e| Error::Source {
+                        path: source_path.clone(),
+                        source: e,
+                    };
                     let mut seq = 0u64;
-                    loop {
-                        if cancel.is_cancelled() {
-                            return Err(Error::Cancelled);
-                        }
-                        if abort.load(Ordering::Relaxed) {
-                            return Ok(());
-                        }
-                        let (offset, data) = match chunker.next_slice() {
-                            Ok(Some(c)) => c,
-                            Ok(None) => return Ok(()),
-                            Err(e) => {
-                                return Err(Error::Source {
-                                    path: source_path,
-                                    source: e,
-                                })
-                            }
-                        };
-                        let len = data.len() as u32;
-                        // All-zero chunks become holes right here: no copy, no worker.
-                        if is_zero(data) {
+                    let mut pos = 0u64;
+                    let mut chunker: Option<Chunker<std::io::Take<&std::fs::File>>> = None;
+                    // Holes of the file are recorded without being read; the manifest builder
+                    // merges the pieces.
+                    let hole = |seq: &mut u64, mut len: u64| {
+                        while len > 0 {
+                            let piece = len.min(HOLE_PIECE);
                             let _ = tx.send(Item {
-                                seq,
-                                len,
+                                seq: *seq,
+                                len: piece as u32,
                                 result: Ok(Processed::Hole),
                             });
-                            seq += 1;
-                            continue;
+                            *seq += 1;
+                            len -= piece;
                         }
-                        let chunk = RawChunk {
-                            offset,
-                            data: data.to_vec(),
+                    };
+                    for region in source.data_regions() {
+                        let (start, end) = region.map_err(src_err)?;
+                        hole(&mut seq, start - pos);
+                        let mut file = &source.file;
+                        file.seek(SeekFrom::Start(start)).map_err(src_err)?;
+                        let reader = file.take(end - start);
+                        let chunker = match chunker.as_mut() {
+                            Some(c) => {
+                                c.reset(reader);
+                                c
+                            }
+                            None => chunker.insert(Chunker::new(reader, chunker_params)?),
                         };
-                        if !budget.acquire(u64::from(len), &abort) {
-                            return Ok(());
+                        loop {
+                            if cancel.is_cancelled() {
+                                return Err(Error::Cancelled);
+                            }
+                            if abort.load(Ordering::Relaxed) {
+                                return Ok(());
+                            }
+                            let Some((offset, data)) = chunker.next_slice().map_err(src_err)?
+                            else {
+                                break;
+                            };
+                            let len = data.len() as u32;
+                            // All-zero chunks become holes right here: no copy, no worker.
+                            if is_zero(data) {
+                                hole(&mut seq, u64::from(len));
+                                continue;
+                            }
+                            let chunk = RawChunk {
+                                offset: start + offset,
+                                data: data.to_vec(),
+                            };
+                            if !budget.acquire(u64::from(len), &abort) {
+                                return Ok(());
+                            }
+                            let tx = tx.clone();
+                            let key = key.clone();
+                            let store = store.clone();
+                            pool.spawn(move || {
+                                let result = process(&store, codec, key.as_deref(), chunk);
+                                let _ = tx.send(Item { seq, len, result });
+                            });
+                            seq += 1;
                         }
-                        let tx = tx.clone();
-                        let key = key.clone();
-                        let store = store.clone();
-                        pool.spawn(move || {
-                            let result = process(&store, codec, key.as_deref(), chunk);
-                            let _ = tx.send(Item { seq, len, result });
-                        });
-                        seq += 1;
+                        pos = end;
                     }
+                    hole(&mut seq, source.size.saturating_sub(pos));
+                    Ok(())
                 })
             };
 
@@ -301,16 +330,28 @@ impl Engine {
             // Stage 4: sealer. Packs are fsynced and indexed off the writer's thread, so the
             // pipeline keeps running while the disk flushes; the commit waits for it below.
             let (seal_tx, seal_rx) = crossbeam_channel::bounded::<PackWriter>(2);
+            let (done_tx, done_rx) = crossbeam_channel::unbounded::<PackId>();
             let sealer = {
                 let store = &self.store;
                 s.spawn(move || -> Result<()> {
                     for p in seal_rx {
+                        let id = p.id();
                         store.seal_pack(p)?;
+                        let _ = done_tx.send(id);
                     }
                     Ok(())
                 })
             };
-            let written = self.write_stage(rec, &rx, key.as_deref(), &opts.progress, seal_tx);
+            let written = self.write_stage(
+                rec,
+                &rx,
+                key.as_deref(),
+                &opts.progress,
+                Sealer {
+                    tx: seal_tx,
+                    done: done_rx,
+                },
+            );
             let sealed = sealer
                 .join()
                 .map_err(|_| Error::Internal("sealer thread panicked".into()))
@@ -347,7 +388,7 @@ impl Engine {
         rx: &crossbeam_channel::Receiver<Item>,
         key: Option<&DataKey>,
         progress: &Arc<dyn Progress>,
-        sealer: crossbeam_channel::Sender<PackWriter>,
+        sealer: Sealer,
     ) -> Result<Outcome> {
         let mut w = Writer {
             engine: self,
@@ -413,16 +454,23 @@ impl Engine {
     }
 }
 
+/// The writer's handle on the sealer thread.
+struct Sealer {
+    /// Full packs go to the sealer; dropping this ends it.
+    tx: crossbeam_channel::Sender<PackWriter>,
+    /// Ids of packs the sealer has made durable and indexed.
+    done: crossbeam_channel::Receiver<PackId>,
+}
+
 /// The writer stage's state.
 struct Writer<'a> {
     engine: &'a Engine,
-    /// Full packs go to the sealer thread; dropping this ends it.
-    sealer: crossbeam_channel::Sender<PackWriter>,
+    sealer: Sealer,
     backup: BackupId,
     key: Option<&'a DataKey>,
     pack: Option<PackWriter>,
-    /// Ids in the last packs handed to the sealer: not yet indexed, but stored by this backup.
-    sealing: std::collections::VecDeque<std::collections::HashSet<ChunkId>>,
+    /// Chunk ids of packs handed to the sealer and not yet known to be indexed.
+    sealing: Vec<(PackId, std::collections::HashSet<ChunkId>)>,
     builder: ManifestBuilder,
     blocks_written: u32,
     pending_blocks: Vec<(u32, ManifestBlock)>,
@@ -463,6 +511,11 @@ impl Writer<'_> {
         if self.group.is_empty() && self.pending_blocks.is_empty() {
             return Ok(());
         }
+        // Forget packs the sealer has indexed *before* asking the index what exists, so that
+        // every chunk of this backup is either found in the index or in `sealing`.
+        for id in self.sealer.done.try_iter() {
+            self.sealing.retain(|(p, _)| *p != id);
+        }
         let batch = RefBatch {
             chunks: self
                 .group
@@ -487,7 +540,7 @@ impl Writer<'_> {
                 continue;
             }
             if self.pack.as_ref().is_some_and(|w| w.contains(&id))
-                || self.sealing.iter().any(|ids| ids.contains(&id))
+                || self.sealing.iter().any(|(_, ids)| ids.contains(&id))
             {
                 continue;
             }
@@ -526,12 +579,9 @@ impl Writer<'_> {
 
     fn seal_pack(&mut self) -> Result<()> {
         if let Some(p) = self.pack.take() {
-            // The sealer holds at most 2 queued packs plus the one it is sealing.
-            if self.sealing.len() >= 4 {
-                self.sealing.pop_front();
-            }
-            self.sealing.push_back(p.chunk_ids().copied().collect());
-            if let Err(crossbeam_channel::SendError(p)) = self.sealer.send(p) {
+            self.sealing
+                .push((p.id(), p.chunk_ids().copied().collect()));
+            if let Err(crossbeam_channel::SendError(p)) = self.sealer.tx.send(p) {
                 // The sealer stopped on an error, which its join reports.
                 self.engine.store.abandon_pack(p);
                 return Err(Error::Internal("pack sealer stopped".into()));

@@ -64,6 +64,72 @@ impl Source {
     }
 }
 
+/// The data ranges `[start, end)` of a source, in order. What lies between them (and after the
+/// last) is a hole of the file and reads as zeros, so a backup records it without reading it.
+/// Block devices, and filesystems without `SEEK_DATA`, report one range covering everything.
+pub struct DataRegions<'a> {
+    file: &'a File,
+    pos: u64,
+    size: u64,
+    dense: bool,
+}
+
+impl Source {
+    /// Where this source's data lies (see [`DataRegions`]).
+    pub fn data_regions(&self) -> DataRegions<'_> {
+        DataRegions {
+            file: &self.file,
+            pos: 0,
+            size: self.size,
+            dense: self.is_block_device,
+        }
+    }
+}
+
+impl Iterator for DataRegions<'_> {
+    type Item = std::io::Result<(u64, u64)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use nix::errno::Errno;
+        use nix::unistd::{lseek, Whence};
+        if self.pos >= self.size {
+            return None;
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(self.file);
+        let rest = (self.pos, self.size);
+        if self.dense {
+            self.pos = self.size;
+            return Some(Ok(rest));
+        }
+        match lseek(fd, self.pos as i64, Whence::SeekData) {
+            Ok(start) => {
+                let start = (start as u64).max(self.pos);
+                if start >= self.size {
+                    self.pos = self.size;
+                    return None;
+                }
+                let end = lseek(fd, start as i64, Whence::SeekHole)
+                    .map_or(self.size, |e| e as u64)
+                    .clamp(start + 1, self.size);
+                self.pos = end;
+                Some(Ok((start, end)))
+            }
+            // No data after pos: the rest is a hole.
+            Err(Errno::ENXIO) => {
+                self.pos = self.size;
+                None
+            }
+            // SEEK_DATA unsupported here: treat the rest as data.
+            Err(Errno::EINVAL) | Err(Errno::EOPNOTSUPP) => {
+                self.dense = true;
+                self.pos = self.size;
+                Some(Ok(rest))
+            }
+            Err(e) => Some(Err(e.into())),
+        }
+    }
+}
+
 /// A restore target.
 pub struct Target {
     pub file: File,

@@ -186,3 +186,37 @@ fn repeated_chunks_are_stored_once_even_across_pack_seals() {
     assert!(rec.stored_bytes < (7 << 20), "stored {}", rec.stored_bytes);
     assert!(ts.restore_bytes(rec.id) == data);
 }
+
+#[test]
+fn sparse_source_file_holes_are_skipped_and_restore_exactly() {
+    use std::os::unix::fs::FileExt;
+    let ts = TestStore::new();
+    let src = ts.path("thin.img");
+    let size: u64 = (256 << 20) + 12345;
+    let f = std::fs::File::create(&src).unwrap();
+    f.set_len(size).unwrap();
+    let mut expect = vec![0u8; size as usize];
+    // Data at unaligned offsets, one region touching the end of the file.
+    for (i, at) in [5_000u64, 40 << 20, (100 << 20) + 777, size - 70_000]
+        .into_iter()
+        .enumerate()
+    {
+        let d = random_bytes(if i == 3 { 70_000 } else { 3 << 20 }, 60 + i as u64);
+        f.write_all_at(&d, at).unwrap();
+        expect[at as usize..at as usize + d.len()].copy_from_slice(&d);
+    }
+    drop(f);
+    let source = blockvault_engine::device::Source::open(&src).unwrap();
+    let regions: Vec<_> = source.data_regions().map(|r| r.unwrap()).collect();
+    eprintln!("data regions: {regions:?}");
+    assert!(!regions.is_empty());
+    for enc in [false, true] {
+        let rec = ts.backup(&format!("thin-{enc}"), &src, false, enc);
+        assert_eq!(rec.size, size);
+        assert!(rec.hole_bytes > 200 << 20, "hole bytes {}", rec.hole_bytes);
+        assert!(
+            ts.restore_bytes(rec.id) == expect,
+            "sparse source did not round-trip"
+        );
+    }
+}
