@@ -5,5 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
-cargo fmt --all -- --check
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check
+else
+  echo "test.sh: rustfmt is not installed; skipping the format check" >&2
+fi
 cargo test --release --workspace --locked "$@"

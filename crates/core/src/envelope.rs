@@ -143,6 +143,45 @@ impl EnvelopeCodec {
 
     /// Opens an envelope and checks that its plaintext hashes to `id`.
     pub fn open(id: &ChunkId, env: &[u8], key: Option<&DataKey>) -> Result<Vec<u8>> {
+        if env.get(1).is_some_and(|f| f & ENVELOPE_FLAG_AES_GCM != 0) {
+            Self::open_in_place(id, &mut env.to_vec(), key)
+        } else {
+            Self::open_plain(id, env, key)
+        }
+    }
+
+    /// Like [`EnvelopeCodec::open`], but decrypts inside `env` (clobbering it) instead of
+    /// copying the ciphertext first: the restore and verify hot path.
+    pub fn open_in_place(id: &ChunkId, env: &mut [u8], key: Option<&DataKey>) -> Result<Vec<u8>> {
+        let bad = |detail: &str| Error::CorruptChunk {
+            id: *id,
+            detail: detail.to_string(),
+        };
+        if env.len() < ENVELOPE_HEADER_LEN || env[1] & ENVELOPE_FLAG_AES_GCM == 0 {
+            return Self::open_plain(id, env, key);
+        }
+        let k = key.ok_or_else(|| bad("chunk is encrypted but no data key was given"))?;
+        let body = ENVELOPE_HEADER_LEN + NONCE_LEN;
+        if env.len() < body + TAG_LEN {
+            return Err(bad("encrypted envelope too short"));
+        }
+        let tag_at = env.len() - TAG_LEN;
+        let (head, rest) = env.split_at_mut(body);
+        let (ct, tag) = rest.split_at_mut(tag_at - body);
+        k.cipher()
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&head[ENVELOPE_HEADER_LEN..]),
+                &aad(&head[..ENVELOPE_HEADER_LEN], id),
+                ct,
+                aes_gcm::Tag::from_slice(tag),
+            )
+            .map_err(|_| bad("AES-GCM authentication failed"))?;
+        // Now a plaintext envelope: header, then payload (nonce and tag skipped).
+        Self::decode_payload(id, &head[..ENVELOPE_HEADER_LEN], ct, key)
+    }
+
+    /// Opens an envelope without the AES-GCM flag.
+    fn open_plain(id: &ChunkId, env: &[u8], key: Option<&DataKey>) -> Result<Vec<u8>> {
         let bad = |detail: &str| Error::CorruptChunk {
             id: *id,
             detail: detail.to_string(),
@@ -150,43 +189,42 @@ impl EnvelopeCodec {
         if env.len() < ENVELOPE_HEADER_LEN {
             return Err(bad("envelope shorter than its header"));
         }
-        if env[0] != ENVELOPE_VERSION {
-            return Err(bad(&format!("unknown envelope version {}", env[0])));
+        if env[1] & ENVELOPE_FLAG_AES_GCM != 0 {
+            return Err(bad("encrypted envelope opened as plain"));
         }
-        let flags = env[1];
+        if key.is_some() {
+            return Err(bad("chunk of an encrypted volume is not encrypted"));
+        }
+        Self::decode_payload(
+            id,
+            &env[..ENVELOPE_HEADER_LEN],
+            &env[ENVELOPE_HEADER_LEN..],
+            key,
+        )
+    }
+
+    /// Checks the header, decompresses the (decrypted) payload and verifies the id.
+    fn decode_payload(
+        id: &ChunkId,
+        header: &[u8],
+        payload: &[u8],
+        key: Option<&DataKey>,
+    ) -> Result<Vec<u8>> {
+        let bad = |detail: &str| Error::CorruptChunk {
+            id: *id,
+            detail: detail.to_string(),
+        };
+        if header[0] != ENVELOPE_VERSION {
+            return Err(bad(&format!("unknown envelope version {}", header[0])));
+        }
+        let flags = header[1];
         if flags & !(ENVELOPE_FLAG_ZSTD | ENVELOPE_FLAG_AES_GCM) != 0 {
             return Err(bad(&format!("unknown envelope flags {flags:#04x}")));
         }
-        let raw_len = u32::from_le_bytes(env[2..6].try_into().expect("4 bytes")) as usize;
+        let raw_len = u32::from_le_bytes(header[2..6].try_into().expect("4 bytes")) as usize;
         if raw_len > MAX_RAW_LEN {
             return Err(bad("raw length out of range"));
         }
-        let decrypted;
-        let payload: &[u8] = if flags & ENVELOPE_FLAG_AES_GCM != 0 {
-            let k = key.ok_or_else(|| bad("chunk is encrypted but no data key was given"))?;
-            let body = ENVELOPE_HEADER_LEN + NONCE_LEN;
-            if env.len() < body + TAG_LEN {
-                return Err(bad("encrypted envelope too short"));
-            }
-            let nonce = Nonce::from_slice(&env[ENVELOPE_HEADER_LEN..body]);
-            let tag_at = env.len() - TAG_LEN;
-            let mut buf = env[body..tag_at].to_vec();
-            k.cipher()
-                .decrypt_in_place_detached(
-                    nonce,
-                    &aad(&env[..ENVELOPE_HEADER_LEN], id),
-                    &mut buf,
-                    aes_gcm::Tag::from_slice(&env[tag_at..]),
-                )
-                .map_err(|_| bad("AES-GCM authentication failed"))?;
-            decrypted = buf;
-            &decrypted
-        } else {
-            if key.is_some() {
-                return Err(bad("chunk of an encrypted volume is not encrypted"));
-            }
-            &env[ENVELOPE_HEADER_LEN..]
-        };
         let plain = if flags & ENVELOPE_FLAG_ZSTD != 0 {
             zstd_decompress(payload, raw_len).map_err(|e| bad(&format!("zstd: {e}")))?
         } else {

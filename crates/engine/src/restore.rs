@@ -128,8 +128,8 @@ impl Engine {
                             .store
                             .read_envelope(&w.id)
                             .map_err(|e| Error::for_chunk(w.id, e))
-                            .and_then(|env| {
-                                EnvelopeCodec::open(&w.id, &env, key)
+                            .and_then(|mut env| {
+                                EnvelopeCodec::open_in_place(&w.id, &mut env, key)
                                     .map_err(|e| Error::for_chunk(w.id, e))
                             })
                             .and_then(|plain| {

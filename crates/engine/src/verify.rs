@@ -56,11 +56,12 @@ const MAX_SEEN: usize = 1 << 20;
 
 impl Engine {
     fn check_chunk(&self, id: &ChunkId, key: Option<&DataKey>) -> std::result::Result<u64, Error> {
-        let env = self
+        let mut env = self
             .store
             .read_envelope(id)
             .map_err(|e| Error::for_chunk(*id, e))?;
-        let plain = EnvelopeCodec::open(id, &env, key).map_err(|e| Error::for_chunk(*id, e))?;
+        let plain = EnvelopeCodec::open_in_place(id, &mut env, key)
+            .map_err(|e| Error::for_chunk(*id, e))?;
         Ok(plain.len() as u64)
     }
 

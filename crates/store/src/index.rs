@@ -344,7 +344,7 @@ impl Store {
     ///
     /// GC may move a chunk to a new pack and delete the old one between our index lookup and the
     /// read; a missing pack therefore triggers one fresh lookup before it is reported.
-    pub fn read_envelope(&self, id: &ChunkId) -> Result<Vec<u8>> {
+    pub fn read_envelope(&self, id: &ChunkId) -> Result<crate::pack::EntryBytes> {
         let mut last_pack = None;
         for _ in 0..3 {
             let loc = self.chunk_location(id)?.ok_or(Error::MissingChunk(*id))?;

@@ -26,4 +26,4 @@ pub use config::StoreConfig;
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport};
 pub use index::{ActiveGuard, ChunkLoc, PackInfo, RefBatch, Store, StoreStats};
-pub use pack::{LocalPacks, MemoryPacks, PackSink, PackStorage, PackWriter};
+pub use pack::{EntryBytes, LocalPacks, MemoryPacks, PackSink, PackStorage, PackWriter};

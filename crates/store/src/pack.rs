@@ -315,8 +315,25 @@ impl PackWriter {
     }
 }
 
-/// Splits a pack entry read from storage into its envelope, checking magic and id.
-pub(crate) fn check_entry(raw: Vec<u8>, id: &ChunkId) -> std::result::Result<Vec<u8>, String> {
+/// A pack entry read from storage, header checked; derefs to the chunk's envelope without
+/// copying it out of the read buffer.
+pub struct EntryBytes(Vec<u8>);
+
+impl std::ops::Deref for EntryBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0[PACK_ENTRY_HEADER_LEN as usize..]
+    }
+}
+
+impl std::ops::DerefMut for EntryBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0[PACK_ENTRY_HEADER_LEN as usize..]
+    }
+}
+
+/// Checks a pack entry read from storage (magic, id, length) and wraps it.
+pub(crate) fn check_entry(raw: Vec<u8>, id: &ChunkId) -> std::result::Result<EntryBytes, String> {
     let h = PACK_ENTRY_HEADER_LEN as usize;
     if raw.len() < h || raw[..4] != PACK_ENTRY_MAGIC {
         return Err("bad pack entry magic".into());
@@ -328,7 +345,5 @@ pub(crate) fn check_entry(raw: Vec<u8>, id: &ChunkId) -> std::result::Result<Vec
     if len != raw.len() - h {
         return Err("pack entry length disagrees with the index".into());
     }
-    let mut raw = raw;
-    raw.drain(..h);
-    Ok(raw)
+    Ok(EntryBytes(raw))
 }
