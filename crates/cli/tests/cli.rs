@@ -30,6 +30,30 @@ fn image(p: &Path, len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
+/// `local list --json` as parsed records.
+fn list_json(store: &Path) -> Vec<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(bv(&[&"local", &"list", &"--store", &store, &"--json"]))).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+/// Restores `id` to `out` through the CLI and returns the restored bytes (removing the file).
+fn restore_bytes(store: &Path, id: &str, out: &Path) -> Vec<u8> {
+    ok(bv(&[
+        &"local",
+        &"restore",
+        &"--store",
+        &store,
+        &"--backup",
+        &id,
+        &"--target",
+        &out,
+    ]));
+    let data = std::fs::read(out).unwrap();
+    std::fs::remove_file(out).unwrap();
+    data
+}
+
 /// A temp dir with an initialized store (with a key file) and an image of `len` bytes.
 fn setup(len: usize, seed: u64) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Vec<u8>) {
     let d = tempfile::tempdir().unwrap();
@@ -99,25 +123,13 @@ fn local_lifecycle_through_the_cli() {
     assert!(rec["encryption_key_id"].is_string());
     let inc = rec["id"].as_str().unwrap().to_string();
 
-    let list: serde_json::Value =
-        serde_json::from_str(&ok(bv(&[&"local", &"list", &"--store", &store, &"--json"]))).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list_json(&store).len(), 2);
     let text = ok(bv(&[&"local", &"list", &"--store", &store]));
     assert!(text.contains(&full) && text.contains(&inc));
 
     for (id, want) in [(&full, &data), (&inc, &data2)] {
         let out = d.path().join(format!("{id}.out"));
-        ok(bv(&[
-            &"local",
-            &"restore",
-            &"--store",
-            &store,
-            &"--backup",
-            id,
-            &"--target",
-            &out,
-        ]));
-        assert!(std::fs::read(&out).unwrap() == *want);
+        assert!(restore_bytes(&store, id, &out) == *want);
     }
     ok(bv(&[&"local", &"verify", &"--store", &store]));
     ok(bv(&[
@@ -295,11 +307,8 @@ fn kill_9_during_backup_leaves_committed_backups_restorable() {
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
-        let list: serde_json::Value =
-            serde_json::from_str(&ok(bv(&[&"local", &"list", &"--store", &store, &"--json"])))
-                .unwrap();
-        let records = list.as_array().unwrap();
-        for r in records {
+        let records = list_json(&store);
+        for r in &records {
             let state = r["state"].as_str().unwrap();
             assert!(state == "available" || state == "error", "{r}");
             if state == "error" {
@@ -314,24 +323,9 @@ fn kill_9_during_backup_leaves_committed_backups_restorable() {
             .iter()
             .any(|r| r["id"] == committed.as_str() && r["state"] == "available"));
         let out = d.path().join(format!("after-kill-{delay_ms}.img"));
-        ok(bv(&[
-            &"local",
-            &"restore",
-            &"--store",
-            &store,
-            &"--backup",
-            &committed,
-            &"--target",
-            &out,
-        ]));
-        assert!(std::fs::read(&out).unwrap() == first);
-        std::fs::remove_file(&out).unwrap();
+        assert!(restore_bytes(&store, &committed, &out) == first);
     }
-    let list: serde_json::Value =
-        serde_json::from_str(&ok(bv(&[&"local", &"list", &"--store", &store, &"--json"]))).unwrap();
-    let interrupted = list
-        .as_array()
-        .unwrap()
+    let interrupted = list_json(&store)
         .iter()
         .filter(|r| r["state"] == "error")
         .count();
@@ -339,15 +333,5 @@ fn kill_9_during_backup_leaves_committed_backups_restorable() {
     ok(bv(&[&"local", &"gc", &"--store", &store]));
     ok(bv(&[&"local", &"verify", &"--store", &store]));
     let out = d.path().join("final.img");
-    ok(bv(&[
-        &"local",
-        &"restore",
-        &"--store",
-        &store,
-        &"--backup",
-        &committed,
-        &"--target",
-        &out,
-    ]));
-    assert!(std::fs::read(&out).unwrap() == first);
+    assert!(restore_bytes(&store, &committed, &out) == first);
 }
