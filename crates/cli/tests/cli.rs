@@ -37,9 +37,27 @@ fn list_json(store: &Path) -> Vec<serde_json::Value> {
     v.as_array().unwrap().clone()
 }
 
-/// Restores `id` to `out` through the CLI and returns the restored bytes (removing the file).
-fn restore_bytes(store: &Path, id: &str, out: &Path) -> Vec<u8> {
-    ok(bv(&[
+/// Runs `local backup` of `img` as `volume` (plus `extra` flags) and returns the printed id.
+fn backup_id(store: &Path, volume: &str, img: &Path, extra: &[&str]) -> String {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"local",
+        &"backup",
+        &"--store",
+        &store,
+        &"--volume",
+        &volume,
+        &"--source",
+        &img,
+    ];
+    for e in extra {
+        args.push(e);
+    }
+    ok(bv(&args)).trim().to_string()
+}
+
+/// Runs `local restore` of `id` to `out`.
+fn restore(store: &Path, id: &str, out: &Path) -> Output {
+    bv(&[
         &"local",
         &"restore",
         &"--store",
@@ -48,7 +66,12 @@ fn restore_bytes(store: &Path, id: &str, out: &Path) -> Vec<u8> {
         &id,
         &"--target",
         &out,
-    ]));
+    ])
+}
+
+/// Restores `id` to `out` through the CLI and returns the restored bytes (removing the file).
+fn restore_bytes(store: &Path, id: &str, out: &Path) -> Vec<u8> {
+    ok(restore(store, id, out));
     let data = std::fs::read(out).unwrap();
     std::fs::remove_file(out).unwrap();
     data
@@ -200,17 +223,8 @@ fn corruption_makes_verify_and_restore_exit_non_zero() {
     let img = d.path().join("disk.img");
     image(&img, 4 << 20, 2);
     ok(bv(&[&"local", &"init", &"--store", &store]));
-    let id = ok(bv(&[
-        &"local",
-        &"backup",
-        &"--store",
-        &store,
-        &"--volume",
-        &"v",
-        &"--source",
-        &img,
-    ]));
-    let id = id.trim();
+    let id = backup_id(&store, "v", &img, &[]);
+    let id = id.as_str();
     // Flip a byte in the middle of the (only) pack's payload.
     let pack = walk(&store.join("packs"))
         .into_iter()
@@ -231,16 +245,7 @@ fn corruption_makes_verify_and_restore_exit_non_zero() {
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["corrupt"][0]["backups"][0], id);
     let out = d.path().join("out.img");
-    let o = bv(&[
-        &"local",
-        &"restore",
-        &"--store",
-        &store,
-        &"--backup",
-        &id,
-        &"--target",
-        &out,
-    ]);
+    let o = restore(&store, id, &out);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -260,24 +265,13 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     v
-}
 
 /// Kill -9 a backup at several points; every committed backup must still restore, the killed
 /// one must show as interrupted, and GC + verify must leave a clean store.
 #[test]
 fn kill_9_during_backup_leaves_committed_backups_restorable() {
     let (d, store, _key, img, first) = setup(8 << 20, 3);
-    let committed = ok(bv(&[
-        &"local",
-        &"backup",
-        &"--store",
-        &store,
-        &"--volume",
-        &"v",
-        &"--source",
-        &img,
-        &"--encrypt",
-    ]));
+    let committed = backup_id(&store, "v", &img, &["--encrypt"]);
     let committed = committed.trim().to_string();
 
     // A bigger, different image so the killed backups write packs.

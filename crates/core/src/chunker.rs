@@ -76,13 +76,6 @@ pub struct RawChunk {
     pub data: Vec<u8>,
 }
 
-impl RawChunk {
-    /// True when every byte is zero (such chunks are recorded as holes, never stored).
-    pub fn is_zero(&self) -> bool {
-        is_zero(&self.data)
-    }
-}
-
 /// True when every byte of `data` is zero. Checks 4 KiB at a time so the inner loop vectorizes
 /// and a non-zero block ends the scan early.
 pub fn is_zero(data: &[u8]) -> bool {
