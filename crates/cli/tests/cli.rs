@@ -265,6 +265,7 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
         }
     }
     v
+}
 
 /// Kill -9 a backup at several points; every committed backup must still restore, the killed
 /// one must show as interrupted, and GC + verify must leave a clean store.
@@ -272,7 +273,6 @@ fn walk(p: &Path) -> Vec<std::path::PathBuf> {
 fn kill_9_during_backup_leaves_committed_backups_restorable() {
     let (d, store, _key, img, first) = setup(8 << 20, 3);
     let committed = backup_id(&store, "v", &img, &["--encrypt"]);
-    let committed = committed.trim().to_string();
 
     // A bigger, different image so the killed backups write packs.
     let big = d.path().join("big.img");
