@@ -4,6 +4,8 @@
 //! daemon. The CLI is thin: it parses flags, builds options, calls the engine, and prints the
 //! result (text, or JSON with `--json`). Progress bars are drawn only when stderr is a terminal.
 //!
+//! `blockvault volume|backup|job ...` drive a running `blockvaultd` over gRPC (see `remote`).
+//!
 //! Exit status: 0 success, 1 error, 3 `verify` found damage.
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +16,8 @@ use blockvault_core::{BackupId, BackupRecord, ChunkerParams, Compression, Volume
 use blockvault_engine::{BackupOptions, Engine, EngineOptions, Progress, RestoreOptions};
 use blockvault_store::StoreConfig;
 use clap::{Args, Parser, Subcommand};
+
+mod remote;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +35,12 @@ enum Top {
     /// Operate directly on a local store (no daemon).
     #[command(subcommand)]
     Local(Local),
+    /// Manage volumes registered with blockvaultd.
+    Volume(remote::VolumeArgs),
+    /// Create, list, restore and delete backups through blockvaultd.
+    Backup(remote::BackupArgs),
+    /// Show, follow and cancel blockvaultd's background jobs.
+    Job(remote::JobArgs),
 }
 
 #[derive(Args)]
@@ -227,7 +237,12 @@ fn print_list(records: &[BackupRecord]) {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let Top::Local(cmd) = cli.cmd;
+    let cmd = match cli.cmd {
+        Top::Local(cmd) => cmd,
+        Top::Volume(a) => return remote::run(remote::Remote::Volume(a)),
+        Top::Backup(a) => return remote::run(remote::Remote::Backup(a)),
+        Top::Job(a) => return remote::run(remote::Remote::Job(a)),
+    };
     match cmd {
         Local::Init {
             store,

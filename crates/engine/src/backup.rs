@@ -530,6 +530,7 @@ impl Writer<'_> {
         let present = self.engine.store.add_refs(&self.backup, &batch)?;
         let mut present = present.into_iter();
         let mut done = 0u64;
+        let mut stored = 0u64;
         for (len, p) in std::mem::take(&mut self.group) {
             done += u64::from(len);
             let Processed::Chunk { id, data, envelope } = p else {
@@ -550,13 +551,17 @@ impl Writer<'_> {
                 (None, Some(d)) => self.engine.codec.seal(&id, &d, self.key),
                 (None, None) => unreachable!("a chunk carries its data or its envelope"),
             };
-            self.append(id, len, &envelope)?;
+            stored += self.append(id, len, &envelope)?;
+        }
+        if stored > 0 {
+            progress.stored(stored);
         }
         progress.advance(done);
         Ok(())
     }
 
-    fn append(&mut self, id: ChunkId, len: u32, envelope: &[u8]) -> Result<()> {
+    /// Appends a chunk to the open pack; returns the bytes it adds to the store.
+    fn append(&mut self, id: ChunkId, len: u32, envelope: &[u8]) -> Result<u64> {
         let store = &self.engine.store;
         if self.pack.is_none() {
             self.pack = Some(store.new_pack()?);
@@ -568,13 +573,13 @@ impl Writer<'_> {
                 source: e,
             })
         })?;
-        self.totals.stored_bytes +=
-            blockvault_core::format::PACK_ENTRY_HEADER_LEN + envelope.len() as u64;
+        let added = blockvault_core::format::PACK_ENTRY_HEADER_LEN + envelope.len() as u64;
+        self.totals.stored_bytes += added;
         self.totals.new_chunks += 1;
         if pack.size() >= store.config().pack_target_size {
             self.seal_pack()?;
         }
-        Ok(())
+        Ok(added)
     }
 
     fn seal_pack(&mut self) -> Result<()> {

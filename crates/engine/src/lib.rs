@@ -44,6 +44,8 @@ pub trait Progress: Send + Sync {
     fn set_total(&self, _bytes: u64) {}
     /// `bytes` more bytes are done.
     fn advance(&self, _bytes: u64) {}
+    /// `bytes` more bytes were added to the store (backups only).
+    fn stored(&self, _bytes: u64) {}
 }
 
 /// A progress sink that ignores everything.
@@ -207,6 +209,15 @@ impl Engine {
         let key = Arc::new(key);
         self.volume_keys.lock().insert(volume.clone(), key.clone());
         Ok(Some(key))
+    }
+
+    /// Makes `volume` an encrypted volume: creates its data key unless it has one, and returns
+    /// the key's `encryption_key_id`. Needs the store's master key.
+    pub fn ensure_volume_key(&self, volume: &VolumeId) -> Result<uuid::Uuid> {
+        let key = self
+            .volume_key(volume, true)?
+            .ok_or_else(|| Error::Internal("data key was not created".into()))?;
+        Ok(key.key_id())
     }
 
     /// The `encryption_key_id` of a volume, if it is encrypted.

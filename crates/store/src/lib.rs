@@ -22,7 +22,7 @@ mod gc;
 mod index;
 mod pack;
 
-pub use config::StoreConfig;
+pub use config::{StoreConfig, CONFIG_FILE};
 pub use error::{Error, Result};
 pub use gc::{GcOptions, GcReport};
 pub use index::{ActiveGuard, ChunkLoc, PackInfo, RefBatch, Store, StoreStats};

@@ -1,0 +1,349 @@
+//! `bv-control`: the daemon's control-plane latency under load, and its end-to-end backup
+//! throughput against the library alone.
+//!
+//! 1. **Latency**: a daemon runs in-process on 127.0.0.1:0 with `--backups` small backups on
+//!    record. While two backups of `--image` run back to back (two volumes, concurrency 2), client
+//!    tasks call `Backups.Get` and `Backups.List` (detail view, limit 50) for `--seconds` each, over
+//!    the real gRPC stack. Reported: calls per second and p50/p99/max latency.
+//! 2. **Throughput**: a full backup of `--image` through the daemon (Create, then Watch until
+//!    done) against `Engine::backup` of the same image into a fresh store, alternating, `--runs`
+//!    times each; medians and the daemon's overhead in percent.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use blockvault_core::VolumeId;
+use blockvault_daemon::Config;
+use blockvault_engine::{BackupOptions, Engine, EngineOptions};
+use blockvault_proto::v1 as pb;
+use clap::Parser;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bv-control",
+    about = "Control-plane latency and daemon overhead of blockvaultd"
+)]
+struct Args {
+    /// Image for the concurrent backups and the throughput comparison (generated if missing).
+    #[arg(long)]
+    image: PathBuf,
+    /// Size of the image to generate when it does not exist, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    generate_mib: u64,
+    /// Work directory (stores, daemon data).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Seconds of Get and of List load.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Concurrent client tasks per call type.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Small backups on record before the latency run.
+    #[arg(long, default_value_t = 60)]
+    backups: usize,
+    /// Throughput runs of each kind.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(Clone)]
+struct Token(MetadataValue<Ascii>);
+impl Interceptor for Token {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        req.metadata_mut().insert("x-auth-token", self.0.clone());
+        Ok(req)
+    }
+}
+type Svc = InterceptedService<Channel, Token>;
+
+#[derive(Clone)]
+struct Client {
+    volumes: pb::volumes_client::VolumesClient<Svc>,
+    backups: pb::backups_client::BackupsClient<Svc>,
+    jobs: pb::jobs_client::JobsClient<Svc>,
+}
+
+async fn connect(endpoint: &str, token: &str) -> Result<Client> {
+    let ch = Channel::from_shared(endpoint.to_string())?
+        .connect()
+        .await?;
+    let t = Token(token.parse()?);
+    Ok(Client {
+        volumes: pb::volumes_client::VolumesClient::with_interceptor(ch.clone(), t.clone()),
+        backups: pb::backups_client::BackupsClient::with_interceptor(ch.clone(), t.clone()),
+        jobs: pb::jobs_client::JobsClient::with_interceptor(ch, t),
+    })
+}
+
+async fn register(c: &mut Client, path: &Path) -> Result<String> {
+    use std::os::unix::ffi::OsStrExt;
+    Ok(c.volumes
+        .register(pb::RegisterVolumeRequest {
+            path: path.as_os_str().as_bytes().to_vec(),
+            name: path.file_name().unwrap().to_string_lossy().into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .id)
+}
+
+/// Creates a backup and waits for its job; returns the seconds from Create to the job's end.
+async fn backup(c: &mut Client, volume: &str) -> Result<f64> {
+    let t = Instant::now();
+    let r = c
+        .backups
+        .create(pb::CreateBackupRequest {
+            volume_id: volume.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut s = c
+        .jobs
+        .watch(pb::WatchJobRequest { job_id: r.job_id })
+        .await?
+        .into_inner();
+    let mut last = None;
+    while let Some(j) = s.message().await? {
+        last = Some(j);
+    }
+    let last = last.context("empty watch")?;
+    ensure!(last.state == "succeeded", "backup job ended {last:?}");
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn config(dir: &Path) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        ..Default::default()
+    }
+}
+
+/// Runs `call` from `clients` tasks for `secs`; returns (calls per second, sorted latencies).
+async fn load<F, Fut>(clients: usize, secs: u64, call: F) -> Result<(f64, Vec<Duration>)>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..clients {
+        let stop = stop.clone();
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                call().await?;
+                lat.push(t.elapsed());
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let rate = all.len() as f64 / t0.elapsed().as_secs_f64();
+    all.sort();
+    Ok((rate, all))
+}
+
+fn report(name: &str, rate: f64, lat: &[Duration]) {
+    println!(
+        "| {name} | {rate:.0} | {:.2} | {:.2} | {:.2} | {} |",
+        percentile(lat, 0.5).as_secs_f64() * 1e3,
+        percentile(lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().unwrap().as_secs_f64() * 1e3,
+        lat.len()
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if !args.image.exists() {
+        eprintln!(
+            "generating {} MiB image {}",
+            args.generate_mib,
+            args.image.display()
+        );
+        blockvault_benches::write_mixed_image(&args.image, args.generate_mib << 20, 7)?;
+    }
+    let tmp = tempfile::tempdir()?;
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let size = std::fs::metadata(&args.image)?.len();
+
+    // ---- 1. latency while two backups run
+    let ddir = work.join("latency");
+    let _ = std::fs::remove_dir_all(&ddir);
+    let d = blockvault_daemon::start(config(&ddir)).await?;
+    let mut c = connect(&d.endpoint(), &d.admin_token).await?;
+    let small = work.join("small.img");
+    std::fs::write(&small, blockvault_benches::mixed_buffer(256 << 10, 3))?;
+    let sv = register(&mut c, &small).await?;
+    for _ in 0..args.backups {
+        backup(&mut c, &sv).await?;
+    }
+    let copy = work.join("second.img");
+    std::fs::copy(&args.image, &copy)?;
+    let v1 = register(&mut c, &args.image).await?;
+    let v2 = register(&mut c, &copy).await?;
+    let busy = Arc::new(AtomicBool::new(true));
+    let mut loaders = Vec::new();
+    for v in [v1.clone(), v2] {
+        let mut c = c.clone();
+        let busy = busy.clone();
+        loaders.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while busy.load(Ordering::Relaxed) {
+                backup(&mut c, &v).await?;
+                n += 1;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let any = c
+        .backups
+        .list(pb::ListBackupsRequest {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .summaries[0]
+        .id
+        .clone();
+    let get = {
+        let c = c.clone();
+        move || {
+            let mut c = c.clone();
+            let id = any.clone();
+            async move {
+                c.backups
+                    .get(pb::GetBackupRequest { backup_id: id })
+                    .await?;
+                Ok(())
+            }
+        }
+    };
+    let list = {
+        let c = c.clone();
+        move || {
+            let mut c = c.clone();
+            async move {
+                let r = c
+                    .backups
+                    .list(pb::ListBackupsRequest {
+                        detail: true,
+                        limit: Some(50),
+                        ..Default::default()
+                    })
+                    .await?;
+                ensure!(r.into_inner().backups.len() == 50);
+                Ok(())
+            }
+        }
+    };
+    let (get_rate, get_lat) = load(args.clients, args.seconds, get).await?;
+    let (list_rate, list_lat) = load(args.clients, args.seconds, list).await?;
+    busy.store(false, Ordering::Relaxed);
+    let mut backups_during = 0;
+    for l in loaders {
+        backups_during += l.await??;
+    }
+    println!(
+        "## Control-plane latency while two backups of {} MB run",
+        size / 1_000_000
+    );
+    println!();
+    println!("| call | calls/s | p50 ms | p99 ms | max ms | calls |");
+    println!("|---|---|---|---|---|---|");
+    report("Backups.Get", get_rate, &get_lat);
+    report("Backups.List detail, 50 items", list_rate, &list_lat);
+    println!();
+    println!(
+        "({} clients per call type, {} s each; {backups_during} backups completed meanwhile)",
+        args.clients, args.seconds
+    );
+    d.stop().await?;
+
+    // ---- 2. throughput: daemon vs library
+    let mut via_daemon = Vec::new();
+    let mut via_lib = Vec::new();
+    for run in 0..args.runs {
+        let ddir = work.join(format!("daemon-{run}"));
+        let _ = std::fs::remove_dir_all(&ddir);
+        let d = blockvault_daemon::start(config(&ddir)).await?;
+        let mut c = connect(&d.endpoint(), &d.admin_token).await?;
+        let v = register(&mut c, &args.image).await?;
+        let secs = backup(&mut c, &v).await?;
+        via_daemon.push(size as f64 / secs / 1e6);
+        d.stop().await?;
+        std::fs::remove_dir_all(&ddir)?;
+
+        let sdir = work.join(format!("lib-{run}"));
+        let _ = std::fs::remove_dir_all(&sdir);
+        let cfg = config(&sdir);
+        let image = args.image.clone();
+        let secs = tokio::task::spawn_blocking(move || -> Result<f64> {
+            Engine::init(&sdir, cfg.store_config(), None)?;
+            let e = Engine::open(&sdir, EngineOptions::default())?;
+            let t = Instant::now();
+            e.backup(BackupOptions::new(VolumeId::new("v")?, image))?;
+            let s = t.elapsed().as_secs_f64();
+            drop(e);
+            std::fs::remove_dir_all(&sdir)?;
+            Ok(s)
+        })
+        .await??;
+        via_lib.push(size as f64 / secs / 1e6);
+        eprintln!(
+            "run {run}: daemon {:.0} MB/s, library {:.0} MB/s",
+            via_daemon[run], via_lib[run]
+        );
+    }
+    let (md, ml) = (median(&mut via_daemon), median(&mut via_lib));
+    println!();
+    println!(
+        "## Full backup of {} MB: daemon vs library (median of {})",
+        size / 1_000_000,
+        args.runs
+    );
+    println!();
+    println!("| path | MB/s |");
+    println!("|---|---|");
+    println!("| library (Engine::backup) | {ml:.0} |");
+    println!("| daemon (Create + Watch) | {md:.0} |");
+    println!();
+    println!("daemon overhead: {:.1} %", (ml - md) / ml * 100.0);
+    let _ = v1;
+    Ok(())
+}

@@ -1,0 +1,1154 @@
+//! `blockvault volume|backup|job ...`: drive a running `blockvaultd` over gRPC.
+//!
+//! Every call carries the caller's token in the `x-auth-token` metadata entry. The endpoint and
+//! the token default to the files the daemon writes into its data directory (`listen.addr`,
+//! `admin.token`), so on the daemon's machine `--data-dir` is all that is needed.
+//!
+//! Output is text by default and JSON with `--json`: prost messages do not implement `Serialize`,
+//! so each message type has one function listing its fields in order, used for both renderings.
+//! gRPC errors are reported as `CODE_NAME: message` (e.g. `NOT_FOUND: backup ... not found`).
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use blockvault_proto::v1::{
+    backups_client::BackupsClient, jobs_client::JobsClient, volumes_client::VolumesClient, Backup,
+    BackupRecord, BackupSummary, CancelJobRequest, CreateBackupRequest, CreateBackupResponse,
+    DeleteBackupRequest, ExportRecordRequest, GetBackupRequest, GetJobRequest, GetVolumeRequest,
+    Job, ListBackupsRequest, ListBackupsResponse, ListJobsRequest, ListVolumesRequest, Metadata,
+    RegisterVolumeRequest, RestoreBackupRequest, RestoreBackupResponse, UnregisterVolumeRequest,
+    UpdateBackupRequest, UpdateVolumeRequest, Volume, WatchJobRequest,
+};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::{human, print_json};
+
+/// Port the daemon listens on by default.
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8750";
+
+/// How to reach the daemon, and how to print answers; shared by every remote command.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Daemon options")]
+pub struct Conn {
+    /// gRPC endpoint of blockvaultd [default: http:// + the address in <data-dir>/listen.addr,
+    /// else http://127.0.0.1:8750].
+    #[arg(long, value_name = "URL", env = "BLOCKVAULT_ENDPOINT", global = true)]
+    endpoint: Option<String>,
+    /// Token sent in the x-auth-token metadata entry [default: contents of
+    /// <data-dir>/admin.token].
+    #[arg(
+        long,
+        value_name = "T",
+        env = "BLOCKVAULT_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    token: Option<String>,
+    /// The daemon's data directory on this machine (used to find the endpoint and token).
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "BLOCKVAULT_DATA_DIR",
+        default_value = "blockvault-data",
+        global = true
+    )]
+    data_dir: PathBuf,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+/// `blockvault volume ...`.
+#[derive(Args, Debug)]
+pub struct VolumeArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: VolumeCmd,
+}
+
+/// `blockvault backup ...`.
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: BackupCmd,
+}
+
+/// `blockvault job ...`.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    cmd: JobCmd,
+}
+
+/// Volume commands.
+#[derive(Subcommand, Debug)]
+enum VolumeCmd {
+    /// Register a block device or raw image file as a volume; prints its id.
+    Register {
+        /// Block device or image file, as seen by the daemon.
+        #[arg(long, value_name = "PATH")]
+        path: PathBuf,
+        /// Human name of the volume.
+        #[arg(long, value_name = "N")]
+        name: Option<String>,
+        /// UUID to register the volume under (default: a new one).
+        #[arg(long, value_name = "UUID")]
+        id: Option<String>,
+        /// Encrypt the volume's backups under a per-volume data key.
+        #[arg(long)]
+        encrypted: bool,
+    },
+    /// List the project's volumes.
+    List {
+        /// Every project's volumes (admins only).
+        #[arg(long)]
+        all_tenants: bool,
+    },
+    /// Show one volume.
+    Show {
+        /// UUID of the volume.
+        id: String,
+    },
+    /// Rename a volume or set its status.
+    Update {
+        /// UUID of the volume.
+        id: String,
+        /// New name.
+        #[arg(long, value_name = "N")]
+        name: Option<String>,
+        /// New status.
+        #[arg(long, value_name = "S", value_parser = ["available", "in-use"])]
+        status: Option<String>,
+    },
+    /// Forget a volume (its device and its backups stay).
+    Unregister {
+        /// UUID of the volume.
+        id: String,
+    },
+}
+
+/// Backup commands.
+#[derive(Subcommand, Debug)]
+enum BackupCmd {
+    /// Start a backup of a volume; prints the backup id and the job id.
+    Create {
+        /// UUID of the volume to back up.
+        #[arg(long, value_name = "ID")]
+        volume: String,
+        /// Name of the backup.
+        #[arg(long, value_name = "N")]
+        name: Option<String>,
+        /// Description of the backup.
+        #[arg(long, value_name = "D")]
+        description: Option<String>,
+        /// Container name, recorded with the backup.
+        #[arg(long, value_name = "C")]
+        container: Option<String>,
+        /// Incremental backup on top of the volume's newest available backup.
+        #[arg(long)]
+        incremental: bool,
+        /// Allow backing up an in-use volume.
+        #[arg(long)]
+        force: bool,
+        /// Metadata entry (repeatable).
+        #[arg(long, value_name = "K=V", value_parser = parse_kv)]
+        metadata: Vec<(String, String)>,
+        /// Read the data from this registered snapshot volume.
+        #[arg(long, value_name = "ID")]
+        snapshot: Option<String>,
+        /// Watch the job until it ends; exit status 1 unless it succeeds.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// List backups as a table (id, name, status, size, volume), or the response with --json.
+    List {
+        /// Ask for the detail view (the text table always uses it).
+        #[arg(long)]
+        detail: bool,
+        /// Sort keys, `key[:asc|desc][,...]` (default created_at:desc,id:desc).
+        #[arg(long, value_name = "S")]
+        sort: Option<String>,
+        /// At most this many backups.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Skip this many backups.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        offset: u32,
+        /// Start after the backup with this id.
+        #[arg(long, value_name = "ID")]
+        marker: Option<String>,
+        /// Also report the total number of matching backups.
+        #[arg(long)]
+        with_count: bool,
+        /// Every project's backups (admins only).
+        #[arg(long)]
+        all_tenants: bool,
+        /// Filter (repeatable): status=S, volume_id=ID or name=N.
+        #[arg(long, value_name = "K=V", value_parser = parse_kv)]
+        filter: Vec<(String, String)>,
+    },
+    /// Show one backup.
+    Show {
+        /// UUID of the backup.
+        id: String,
+    },
+    /// Change a backup's name, description or metadata.
+    Update {
+        /// UUID of the backup.
+        id: String,
+        /// New name.
+        #[arg(long, value_name = "N")]
+        name: Option<String>,
+        /// New description.
+        #[arg(long, value_name = "D")]
+        description: Option<String>,
+        /// Metadata entry (repeatable); the given entries replace all the old ones.
+        #[arg(long, value_name = "K=V", value_parser = parse_kv)]
+        metadata: Vec<(String, String)>,
+        /// Remove all metadata (combined with --metadata: keep only the given entries).
+        #[arg(long)]
+        clear_metadata: bool,
+    },
+    /// Delete a backup (refused while incrementals depend on it).
+    Delete {
+        /// UUID of the backup.
+        id: String,
+    },
+    /// Restore a backup to an existing volume or to a new one; prints the volume id and job id.
+    Restore {
+        /// UUID of the backup.
+        id: String,
+        /// Restore to this registered volume.
+        #[arg(long, value_name = "ID", conflicts_with = "name")]
+        volume: Option<String>,
+        /// Restore to a new volume with this name (default restore_backup_<backup id>).
+        #[arg(long, value_name = "NEW")]
+        name: Option<String>,
+        /// Watch the job until it ends; exit status 1 unless it succeeds.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print a backup's exported record as JSON, for `backup import` on another daemon.
+    Export {
+        /// UUID of the backup.
+        id: String,
+    },
+    /// Import an exported record; prints the backup id.
+    Import {
+        /// JSON file written by `backup export` (`-` for stdin).
+        #[arg(long, value_name = "F")]
+        file: PathBuf,
+    },
+}
+
+/// Job commands.
+#[derive(Subcommand, Debug)]
+enum JobCmd {
+    /// Show one job.
+    Show {
+        /// UUID of the job.
+        id: String,
+    },
+    /// List the project's jobs, newest first.
+    List {
+        /// Every project's jobs (admins only).
+        #[arg(long)]
+        all_tenants: bool,
+        /// Only jobs in this state (queued, running, succeeded, failed, cancelled).
+        #[arg(long, value_name = "S")]
+        state: Option<String>,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// UUID of the job.
+        id: String,
+    },
+    /// Follow a job until it ends; exit status 0 only if it succeeded. With --json, prints every
+    /// update as one JSON line.
+    Watch {
+        /// UUID of the job.
+        id: String,
+    },
+}
+
+/// A parsed remote command.
+pub enum Remote {
+    /// `blockvault volume ...`.
+    Volume(VolumeArgs),
+    /// `blockvault backup ...`.
+    Backup(BackupArgs),
+    /// `blockvault job ...`.
+    Job(JobArgs),
+}
+
+/// Runs a remote command on a single-threaded tokio runtime.
+pub fn run(cmd: Remote) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        match cmd {
+            Remote::Volume(a) => volume(&a.conn, a.cmd).await,
+            Remote::Backup(a) => backup(&a.conn, a.cmd).await,
+            Remote::Job(a) => job(&a.conn, a.cmd).await,
+        }
+    })
+}
+
+// ------------------------------------------------------------------------------ connection
+
+/// Adds the token to every request.
+#[derive(Clone)]
+struct Auth(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        req.metadata_mut()
+            .insert(blockvault_proto::AUTH_HEADER, self.0.clone());
+        Ok(req)
+    }
+}
+
+/// A channel wrapped with the token interceptor.
+type Svc = InterceptedService<Channel, Auth>;
+
+/// The three service clients, sharing one connection.
+struct Clients {
+    volumes: VolumesClient<Svc>,
+    backups: BackupsClient<Svc>,
+    jobs: JobsClient<Svc>,
+}
+
+/// The endpoint URL: `--endpoint`, else `<data-dir>/listen.addr`, else the default port.
+fn endpoint_url(conn: &Conn) -> Result<String> {
+    let raw = match &conn.endpoint {
+        Some(e) => e.trim().to_string(),
+        None => {
+            let file = conn.data_dir.join("listen.addr");
+            match std::fs::read_to_string(&file) {
+                Ok(s) => {
+                    let s = s.trim();
+                    // A wildcard listen address is reached through the loopback interface.
+                    match s.parse::<SocketAddr>() {
+                        Ok(SocketAddr::V4(a)) if a.ip().is_unspecified() => {
+                            SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())).to_string()
+                        }
+                        Ok(SocketAddr::V6(a)) if a.ip().is_unspecified() => {
+                            SocketAddr::from((Ipv6Addr::LOCALHOST, a.port())).to_string()
+                        }
+                        _ => s.to_string(),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(DEFAULT_ENDPOINT.to_string())
+                }
+                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+            }
+        }
+    };
+    if raw.is_empty() {
+        bail!("empty endpoint");
+    }
+    Ok(if raw.contains("://") {
+        raw
+    } else {
+        format!("http://{raw}")
+    })
+}
+
+/// The token: `--token`, else the contents of `<data-dir>/admin.token`.
+fn token(conn: &Conn) -> Result<String> {
+    let t = match &conn.token {
+        Some(t) => t.trim().to_string(),
+        None => {
+            let file = conn.data_dir.join("admin.token");
+            std::fs::read_to_string(&file)
+                .with_context(|| {
+                    format!(
+                        "no token: pass --token or set BLOCKVAULT_TOKEN (cannot read {})",
+                        file.display()
+                    )
+                })?
+                .trim()
+                .to_string()
+        }
+    };
+    if t.is_empty() {
+        bail!("empty token");
+    }
+    Ok(t)
+}
+
+/// Connects to the daemon.
+async fn connect(conn: &Conn) -> Result<Clients> {
+    let url = endpoint_url(conn)?;
+    let token: MetadataValue<Ascii> = token(conn)?
+        .parse()
+        .map_err(|_| anyhow!("the token contains characters not allowed in gRPC metadata"))?;
+    let channel = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("invalid endpoint {url}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("UNAVAILABLE: cannot connect to {url}"))?;
+    let auth = Auth(token);
+    Ok(Clients {
+        volumes: VolumesClient::with_interceptor(channel.clone(), auth.clone()),
+        backups: BackupsClient::with_interceptor(channel.clone(), auth.clone()),
+        jobs: JobsClient::with_interceptor(channel, auth),
+    })
+}
+
+/// The canonical name of a gRPC status code, as in the gRPC specification.
+fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// A gRPC status as an error: `CODE_NAME: message`.
+fn grpc(s: Status) -> anyhow::Error {
+    anyhow!("{}: {}", code_name(s.code()), s.message())
+}
+
+/// Parses `key=value`.
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------- output
+
+/// A message's fields in display order; rendered as a JSON object or as `key: value` lines.
+type Fields = Vec<(&'static str, Value)>;
+
+/// The fields as a JSON object.
+fn obj(f: Fields) -> Value {
+    Value::Object(f.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+}
+
+/// A map as a JSON object.
+fn map_json(m: &HashMap<String, String>) -> Value {
+    Value::Object(
+        m.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+/// A JSON value as text: strings bare, null and "" as `-`, objects as `k=v, ...`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Object(m) if m.is_empty() => "-".into(),
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.as_str().map_or_else(|| v.to_string(), Into::into)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        v => v.to_string(),
+    }
+}
+
+/// Prints fields as JSON or as aligned `key: value` lines.
+fn show(f: Fields, json: bool) -> Result<()> {
+    if json {
+        return print_json(&obj(f));
+    }
+    let w = f.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in &f {
+        println!("{:<w$} {}", format!("{k}:"), text(v));
+    }
+    Ok(())
+}
+
+/// An optional string as JSON (null when unset).
+fn opt(s: &Option<String>) -> Value {
+    s.as_ref().map_or(Value::Null, |s| Value::String(s.clone()))
+}
+
+/// Fields of a `Volume`.
+fn volume_fields(v: &Volume) -> Fields {
+    vec![
+        ("id", json!(v.id)),
+        ("name", json!(v.name)),
+        ("path", json!(String::from_utf8_lossy(&v.path))),
+        ("status", json!(v.status)),
+        ("size_bytes", json!(v.size_bytes)),
+        ("size", json!(v.size)),
+        ("encrypted", json!(v.encrypted)),
+        ("encryption_key_id", opt(&v.encryption_key_id)),
+        ("busy_job_id", opt(&v.busy_job_id)),
+        ("project_id", json!(v.project_id)),
+        ("user_id", json!(v.user_id)),
+        ("created_at", json!(v.created_at)),
+        ("updated_at", json!(v.updated_at)),
+    ]
+}
+
+/// Fields of a `Backup`.
+fn backup_fields(b: &Backup) -> Fields {
+    vec![
+        ("id", json!(b.id)),
+        ("name", json!(b.name)),
+        ("description", json!(b.description)),
+        ("status", json!(b.status)),
+        ("fail_reason", json!(b.fail_reason)),
+        ("volume_id", json!(b.volume_id)),
+        ("snapshot_id", json!(b.snapshot_id)),
+        ("container", json!(b.container)),
+        ("size", json!(b.size)),
+        ("size_bytes", json!(b.size_bytes)),
+        ("stored_bytes", json!(b.stored_bytes)),
+        ("object_count", json!(b.object_count)),
+        ("is_incremental", json!(b.is_incremental)),
+        ("parent_id", json!(b.parent_id)),
+        ("has_dependent_backups", json!(b.has_dependent_backups)),
+        ("availability_zone", json!(b.availability_zone)),
+        ("encryption_key_id", opt(&b.encryption_key_id)),
+        ("metadata", map_json(&b.metadata)),
+        ("job_id", json!(b.job_id)),
+        ("project_id", json!(b.project_id)),
+        ("user_id", json!(b.user_id)),
+        ("created_at", json!(b.created_at)),
+        ("updated_at", json!(b.updated_at)),
+        ("data_timestamp", json!(b.data_timestamp)),
+    ]
+}
+
+/// Fields of a `BackupSummary`.
+fn summary_fields(s: &BackupSummary) -> Fields {
+    vec![("id", json!(s.id)), ("name", json!(s.name))]
+}
+
+/// Fields of a `Job`.
+fn job_fields(j: &Job) -> Fields {
+    vec![
+        ("id", json!(j.id)),
+        ("kind", json!(j.kind)),
+        ("state", json!(j.state)),
+        ("fail_reason", json!(j.fail_reason)),
+        ("backup_id", json!(j.backup_id)),
+        ("volume_id", json!(j.volume_id)),
+        ("project_id", json!(j.project_id)),
+        ("bytes_done", json!(j.bytes_done)),
+        ("bytes_total", json!(j.bytes_total)),
+        ("bytes_stored", json!(j.bytes_stored)),
+        ("rate_bytes_per_sec", json!(j.rate_bytes_per_sec)),
+        ("eta_seconds", json!(j.eta_seconds)),
+        ("created_at", json!(j.created_at)),
+        ("started_at", json!(j.started_at)),
+        ("finished_at", json!(j.finished_at)),
+    ]
+}
+
+/// A `ListBackupsResponse` as JSON.
+fn list_backups_json(r: &ListBackupsResponse) -> Value {
+    json!({
+        "summaries": r.summaries.iter().map(|s| obj(summary_fields(s))).collect::<Vec<_>>(),
+        "backups": r.backups.iter().map(|b| obj(backup_fields(b))).collect::<Vec<_>>(),
+        "count": r.count,
+    })
+}
+
+/// A `CreateBackupResponse` as JSON.
+fn create_json(r: &CreateBackupResponse) -> Value {
+    json!({
+        "backup": r.backup.as_ref().map(|b| obj(backup_fields(b))),
+        "job_id": r.job_id,
+    })
+}
+
+/// A `RestoreBackupResponse` as JSON.
+fn restore_json(r: &RestoreBackupResponse) -> Value {
+    json!({
+        "backup_id": r.backup_id,
+        "volume_id": r.volume_id,
+        "volume_name": r.volume_name,
+        "job_id": r.job_id,
+    })
+}
+
+/// A `BackupRecord` as JSON.
+fn record_json(r: &BackupRecord) -> Value {
+    json!({ "backup_service": r.backup_service, "backup_url": r.backup_url })
+}
+
+/// Column text: `-` for empty, cut to `w` characters.
+fn cell(s: &str, w: usize) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else if s.chars().count() > w {
+        let mut t: String = s.chars().take(w.saturating_sub(1)).collect();
+        t.push('~');
+        t
+    } else {
+        s.to_string()
+    }
+}
+
+// -------------------------------------------------------------------------------- commands
+
+/// Runs a `volume` subcommand.
+async fn volume(conn: &Conn, cmd: VolumeCmd) -> Result<ExitCode> {
+    let mut c = connect(conn).await?.volumes;
+    let json = conn.json;
+    match cmd {
+        VolumeCmd::Register {
+            path,
+            name,
+            id,
+            encrypted,
+        } => {
+            let v = c
+                .register(RegisterVolumeRequest {
+                    id: id.unwrap_or_default(),
+                    name: name.unwrap_or_default(),
+                    path: path.as_os_str().as_bytes().to_vec(),
+                    encrypted,
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if json {
+                print_json(&obj(volume_fields(&v)))?;
+            } else {
+                println!("{}", v.id);
+            }
+        }
+        VolumeCmd::List { all_tenants } => {
+            let vs = c
+                .list(ListVolumesRequest { all_tenants })
+                .await
+                .map_err(grpc)?
+                .into_inner()
+                .volumes;
+            if json {
+                let vs: Vec<Value> = vs.iter().map(|v| obj(volume_fields(v))).collect();
+                print_json(&json!({ "volumes": vs }))?;
+            } else {
+                println!(
+                    "{:<36}  {:<20}  {:<16}  {:>10}  {:<3}  path",
+                    "id", "name", "status", "size", "enc"
+                );
+                for v in &vs {
+                    println!(
+                        "{:<36}  {:<20}  {:<16}  {:>10}  {:<3}  {}",
+                        v.id,
+                        cell(&v.name, 20),
+                        v.status,
+                        human(v.size_bytes),
+                        if v.encrypted { "yes" } else { "no" },
+                        String::from_utf8_lossy(&v.path)
+                    );
+                }
+            }
+        }
+        VolumeCmd::Show { id } => {
+            let v = c
+                .get(GetVolumeRequest { volume_id: id })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            show(volume_fields(&v), json)?;
+        }
+        VolumeCmd::Update { id, name, status } => {
+            let v = c
+                .update(UpdateVolumeRequest {
+                    volume_id: id,
+                    name,
+                    status,
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            show(volume_fields(&v), json)?;
+        }
+        VolumeCmd::Unregister { id } => {
+            c.unregister(UnregisterVolumeRequest {
+                volume_id: id.clone(),
+            })
+            .await
+            .map_err(grpc)?;
+            if json {
+                print_json(&json!({ "id": id, "unregistered": true }))?;
+            } else {
+                eprintln!("unregistered volume {id}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a `backup` subcommand.
+async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
+    let Clients {
+        mut backups,
+        mut jobs,
+        ..
+    } = connect(conn).await?;
+    let json = conn.json;
+    match cmd {
+        BackupCmd::Create {
+            volume,
+            name,
+            description,
+            container,
+            incremental,
+            force,
+            metadata,
+            snapshot,
+            wait,
+        } => {
+            let r = backups
+                .create(CreateBackupRequest {
+                    volume_id: volume,
+                    name: name.unwrap_or_default(),
+                    description: description.unwrap_or_default(),
+                    container: container.unwrap_or_default(),
+                    incremental,
+                    force,
+                    metadata: metadata.into_iter().collect(),
+                    availability_zone: String::new(),
+                    snapshot_id: snapshot.unwrap_or_default(),
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            let backup_id = r.backup.as_ref().map(|b| b.id.clone()).unwrap_or_default();
+            let final_job = if wait {
+                Some(watch(&mut jobs, &r.job_id, Lines::Stderr).await?)
+            } else {
+                None
+            };
+            if json {
+                let mut out = create_json(&r);
+                if let Some(j) = &final_job {
+                    // The backup as it is now, after the job.
+                    if let Ok(b) = backups
+                        .get(GetBackupRequest {
+                            backup_id: backup_id.clone(),
+                        })
+                        .await
+                    {
+                        out["backup"] = obj(backup_fields(b.get_ref()));
+                    }
+                    out["job"] = obj(job_fields(j));
+                }
+                print_json(&out)?;
+            } else {
+                println!("backup_id {backup_id}");
+                println!("job_id {}", r.job_id);
+            }
+            if let Some(j) = final_job {
+                return Ok(job_outcome(&j));
+            }
+        }
+        BackupCmd::List {
+            detail,
+            sort,
+            limit,
+            offset,
+            marker,
+            with_count,
+            all_tenants,
+            filter,
+        } => {
+            let r = backups
+                .list(ListBackupsRequest {
+                    // The table needs the detail view.
+                    detail: detail || !json,
+                    sort: sort.unwrap_or_default(),
+                    limit,
+                    offset,
+                    marker: marker.unwrap_or_default(),
+                    with_count,
+                    all_tenants,
+                    filters: filter.into_iter().collect(),
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if json {
+                print_json(&list_backups_json(&r))?;
+            } else {
+                println!(
+                    "{:<36}  {:<20}  {:<14}  {:>10}  {:<36}  incr",
+                    "id", "name", "status", "size", "volume"
+                );
+                for b in &r.backups {
+                    println!(
+                        "{:<36}  {:<20}  {:<14}  {:>10}  {:<36}  {}",
+                        b.id,
+                        cell(&b.name, 20),
+                        b.status,
+                        human(b.size_bytes),
+                        b.volume_id,
+                        if b.is_incremental { "yes" } else { "no" }
+                    );
+                }
+                if let Some(n) = r.count {
+                    println!("{n} matching backup(s)");
+                }
+            }
+        }
+        BackupCmd::Show { id } => {
+            let b = backups
+                .get(GetBackupRequest { backup_id: id })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            show(backup_fields(&b), json)?;
+        }
+        BackupCmd::Update {
+            id,
+            name,
+            description,
+            metadata,
+            clear_metadata,
+        } => {
+            let metadata = (clear_metadata || !metadata.is_empty()).then(|| Metadata {
+                items: metadata.into_iter().collect(),
+            });
+            let b = backups
+                .update(UpdateBackupRequest {
+                    backup_id: id,
+                    name,
+                    description,
+                    metadata,
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            show(backup_fields(&b), json)?;
+        }
+        BackupCmd::Delete { id } => {
+            backups
+                .delete(DeleteBackupRequest {
+                    backup_id: id.clone(),
+                })
+                .await
+                .map_err(grpc)?;
+            if json {
+                print_json(&json!({ "id": id, "deleted": true }))?;
+            } else {
+                eprintln!("deleted backup {id}");
+            }
+        }
+        BackupCmd::Restore {
+            id,
+            volume,
+            name,
+            wait,
+        } => {
+            let r = backups
+                .restore(RestoreBackupRequest {
+                    backup_id: id,
+                    volume_id: volume.unwrap_or_default(),
+                    name: name.unwrap_or_default(),
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            let final_job = if wait {
+                Some(watch(&mut jobs, &r.job_id, Lines::Stderr).await?)
+            } else {
+                None
+            };
+            if json {
+                let mut out = restore_json(&r);
+                if let Some(j) = &final_job {
+                    out["job"] = obj(job_fields(j));
+                }
+                print_json(&out)?;
+            } else {
+                println!("volume_id {}", r.volume_id);
+                println!("job_id {}", r.job_id);
+            }
+            if let Some(j) = final_job {
+                return Ok(job_outcome(&j));
+            }
+        }
+        BackupCmd::Export { id } => {
+            let r = backups
+                .export_record(ExportRecordRequest { backup_id: id })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            print_json(&record_json(&r))?;
+        }
+        BackupCmd::Import { file } => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .context("reading the record from stdin")?;
+                s
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
+            };
+            let record = parse_record(&text, &file)?;
+            let b = backups
+                .import_record(record)
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            if json {
+                print_json(&obj(backup_fields(&b)))?;
+            } else {
+                println!("{}", b.id);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses a record written by `backup export`.
+fn parse_record(text: &str, file: &Path) -> Result<BackupRecord> {
+    let v: Value =
+        serde_json::from_str(text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("{}: missing string field {k:?}", file.display()))
+    };
+    Ok(BackupRecord {
+        backup_service: field("backup_service")?,
+        backup_url: field("backup_url")?,
+    })
+}
+
+/// Runs a `job` subcommand.
+async fn job(conn: &Conn, cmd: JobCmd) -> Result<ExitCode> {
+    let mut c = connect(conn).await?.jobs;
+    let json = conn.json;
+    match cmd {
+        JobCmd::Show { id } => {
+            let j = c
+                .get(GetJobRequest { job_id: id })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            show(job_fields(&j), json)?;
+        }
+        JobCmd::List { all_tenants, state } => {
+            let js = c
+                .list(ListJobsRequest {
+                    all_tenants,
+                    state: state.unwrap_or_default(),
+                })
+                .await
+                .map_err(grpc)?
+                .into_inner()
+                .jobs;
+            if json {
+                let js: Vec<Value> = js.iter().map(|j| obj(job_fields(j))).collect();
+                print_json(&json!({ "jobs": js }))?;
+            } else {
+                println!(
+                    "{:<36}  {:<7}  {:<9}  {:>21}  {:<36}  created",
+                    "id", "kind", "state", "progress", "backup"
+                );
+                for j in &js {
+                    println!(
+                        "{:<36}  {:<7}  {:<9}  {:>21}  {:<36}  {}",
+                        j.id,
+                        j.kind,
+                        j.state,
+                        format!("{}/{}", human(j.bytes_done), human(j.bytes_total)),
+                        cell(&j.backup_id, 36),
+                        j.created_at
+                    );
+                }
+            }
+        }
+        JobCmd::Cancel { id } => {
+            let j = c
+                .cancel(CancelJobRequest { job_id: id })
+                .await
+                .map_err(grpc)?
+                .into_inner();
+            show(job_fields(&j), json)?;
+        }
+        JobCmd::Watch { id } => {
+            let lines = if json { Lines::Json } else { Lines::Stdout };
+            let j = watch(&mut c, &id, lines).await?;
+            if !json && std::io::stderr().is_terminal() {
+                // The bar is gone; say how it ended.
+                println!("{}", state_line(&j));
+            }
+            return Ok(job_outcome(&j));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ----------------------------------------------------------------------------------- watch
+
+/// Where `watch` reports when no progress bar is drawn (or, for JSON, in addition to it).
+#[derive(Clone, Copy, PartialEq)]
+enum Lines {
+    /// A line per state change on stdout.
+    Stdout,
+    /// A line per state change on stderr (stdout is kept for the command's result).
+    Stderr,
+    /// Every update as a JSON line on stdout.
+    Json,
+}
+
+/// One line describing a job's state.
+fn state_line(j: &Job) -> String {
+    let mut s = format!(
+        "job {} {} {} {}/{}",
+        j.id,
+        j.kind,
+        j.state,
+        human(j.bytes_done),
+        human(j.bytes_total)
+    );
+    if !j.fail_reason.is_empty() {
+        s.push_str(": ");
+        s.push_str(&j.fail_reason);
+    }
+    s
+}
+
+/// A progress bar fed from the server's progress reports.
+struct JobBar(indicatif::ProgressBar);
+
+impl JobBar {
+    fn new() -> JobBar {
+        let pb = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix} [{wide_bar}] {bytes}/{total_bytes} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        JobBar(pb)
+    }
+
+    fn update(&self, j: &Job) {
+        self.0.set_prefix(format!("{} {}", j.kind, j.state));
+        self.0.set_length(j.bytes_total);
+        self.0.set_position(j.bytes_done);
+        if matches!(
+            j.state.as_str(),
+            "queued" | "succeeded" | "failed" | "cancelled"
+        ) {
+            self.0.set_message("");
+            return;
+        }
+        let mut msg = format!("{}/s", human(j.rate_bytes_per_sec.max(0.0) as u64));
+        if let Some(eta) = j.eta_seconds.filter(|e| e.is_finite() && *e >= 0.0) {
+            msg.push_str(&format!(
+                " eta {}",
+                indicatif::HumanDuration(Duration::from_secs_f64(eta))
+            ));
+        }
+        self.0.set_message(msg);
+    }
+}
+
+impl Drop for JobBar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Follows `Jobs.Watch` until the stream ends; returns the last state seen.
+async fn watch(c: &mut JobsClient<Svc>, id: &str, lines: Lines) -> Result<Job> {
+    let mut stream = c
+        .watch(WatchJobRequest {
+            job_id: id.to_string(),
+        })
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    let bar = std::io::stderr().is_terminal().then(JobBar::new);
+    let mut last: Option<Job> = None;
+    while let Some(j) = stream.message().await.map_err(grpc)? {
+        if let Some(b) = &bar {
+            b.update(&j);
+        }
+        let changed = !matches!(&last, Some(l) if l.state == j.state);
+        match lines {
+            Lines::Json => println!("{}", obj(job_fields(&j))),
+            Lines::Stdout if bar.is_none() && changed => println!("{}", state_line(&j)),
+            Lines::Stderr if bar.is_none() && changed => eprintln!("{}", state_line(&j)),
+            _ => {}
+        }
+        last = Some(j);
+    }
+    drop(bar);
+    let j = last.ok_or_else(|| anyhow!("the watch stream of job {id} ended without a state"))?;
+    if !matches!(j.state.as_str(), "succeeded" | "failed" | "cancelled") {
+        bail!(
+            "the watch stream of job {id} ended while the job was {}",
+            j.state
+        );
+    }
+    Ok(j)
+}
+
+/// Exit status for a finished job; explains a failure on stderr.
+fn job_outcome(j: &Job) -> ExitCode {
+    if j.state == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        let reason = if j.fail_reason.is_empty() {
+            "no reason given"
+        } else {
+            &j.fail_reason
+        };
+        eprintln!("error: job {} {}: {reason}", j.id, j.state);
+        ExitCode::FAILURE
+    }
+}

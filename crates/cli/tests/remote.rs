@@ -1,0 +1,290 @@
+//! The remote commands (`volume`, `backup`, `job`) against a real `blockvaultd` subprocess. The
+//! CLI finds the daemon's endpoint and admin token through `--data-dir`, as an operator on the
+//! daemon's machine would.
+use std::ffi::OsStr;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+use serde_json::Value;
+
+/// A running daemon in a temporary directory; killed (and reaped) on drop.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    data: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `blockvaultd --data-dir <tmp>/data --listen 127.0.0.1:0` and waits until it has
+    /// written `listen.addr` and `admin.token`.
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_blockvault")).with_file_name("blockvaultd");
+        assert!(
+            bin.exists(),
+            "{} is missing: build it first (cargo build --release -p blockvault-daemon)",
+            bin.display()
+        );
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:0"])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        let mut d = Daemon { child, dir, data };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if d.ready() {
+                return d;
+            }
+            if let Some(status) = d.child.try_wait().unwrap() {
+                panic!("blockvaultd exited with {status}:\n{}", d.log());
+            }
+            if Instant::now() > deadline {
+                panic!("blockvaultd not ready after 60 s:\n{}", d.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Both files are written (the address with a real port).
+    fn ready(&self) -> bool {
+        let addr = std::fs::read_to_string(self.data.join("listen.addr")).unwrap_or_default();
+        let token = std::fs::read_to_string(self.data.join("admin.token")).unwrap_or_default();
+        matches!(addr.trim().parse::<SocketAddr>(), Ok(a) if a.port() != 0)
+            && !token.trim().is_empty()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI with `--data-dir` pointing at the daemon's data directory.
+    fn bv(&self, args: &[&dyn AsRef<OsStr>]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_blockvault"));
+        for a in args {
+            c.arg(a);
+        }
+        c.arg("--data-dir")
+            .arg(&self.data)
+            .env_remove("BLOCKVAULT_ENDPOINT")
+            .env_remove("BLOCKVAULT_TOKEN")
+            .env_remove("BLOCKVAULT_DATA_DIR")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run blockvault")
+    }
+
+    /// Runs the CLI, which must succeed; returns stdout.
+    fn ok(&self, args: &[&dyn AsRef<OsStr>]) -> String {
+        let o = self.bv(args);
+        assert!(
+            o.status.success(),
+            "blockvault {:?} failed: {}\n{}\ndaemon log:\n{}",
+            args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Runs the CLI, which must succeed, and parses its JSON output.
+    fn json(&self, args: &[&dyn AsRef<OsStr>]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// Runs the CLI, which must fail with exit status 1; returns stderr.
+    fn fails(&self, args: &[&dyn AsRef<OsStr>]) -> String {
+        let o = self.bv(args);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "blockvault {:?} should fail: {}\n{}",
+            args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stderr).unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
+        .to_string()
+}
+
+/// The value after `key ` in the CLI's text output (`backup_id <id>` lines).
+fn field(out: &str, key: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {key} in {out:?}"))
+        .trim()
+        .to_string()
+}
+
+/// Checks that the restored volume holds `want` (a new volume may be rounded up with zeros).
+fn assert_restored(d: &Daemon, volume_id: &str, want: &[u8]) {
+    let v = d.json(&[&"volume", &"show", &volume_id, &"--json"]);
+    let mut path = PathBuf::from(s(&v["path"]));
+    if path.is_relative() {
+        path = d.dir.path().join(path);
+    }
+    let got = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(got.len() >= want.len(), "restored volume too small");
+    assert!(got[..want.len()] == *want, "restored data differs");
+    assert!(
+        got[want.len()..].iter().all(|&b| b == 0),
+        "restored volume has data past the backup's end"
+    );
+}
+
+/// Writes a 64 MiB random image followed by 16 MiB of zeros.
+fn image(p: &Path) -> Vec<u8> {
+    let mut v = vec![0u8; 80 << 20];
+    rand::rngs::StdRng::seed_from_u64(7).fill_bytes(&mut v[..64 << 20]);
+    std::fs::write(p, &v).unwrap();
+    v
+}
+
+#[test]
+fn backup_restore_and_delete_through_the_daemon() {
+    let d = Daemon::start();
+    let img = d.dir.path().join("vol.img");
+    let mut data = image(&img);
+
+    let vol = d
+        .ok(&[&"volume", &"register", &"--path", &img, &"--name", &"v1"])
+        .trim()
+        .to_string();
+    let v = d.json(&[&"volume", &"show", &vol, &"--json"]);
+    assert_eq!(s(&v["name"]), "v1");
+    assert_eq!(v["size_bytes"], data.len() as u64);
+    assert_eq!(PathBuf::from(s(&v["path"])), img);
+    let vl = d.json(&[&"volume", &"list", &"--json"]);
+    assert_eq!(vl["volumes"].as_array().unwrap().len(), 1);
+
+    // A full backup, waited for.
+    let full = d.json(&[
+        &"backup",
+        &"create",
+        &"--volume",
+        &vol,
+        &"--name",
+        &"full",
+        &"--metadata",
+        &"k=v",
+        &"--wait",
+        &"--json",
+    ]);
+    let full_id = s(&full["backup"]["id"]);
+    assert_eq!(full["job"]["state"], "succeeded", "{full}");
+    assert_eq!(full["backup"]["status"], "available", "{full}");
+    assert_eq!(full["backup"]["metadata"]["k"], "v");
+
+    // Change 1 MiB, then an incremental (text output).
+    rand::rngs::StdRng::seed_from_u64(8).fill_bytes(&mut data[(10 << 20)..(11 << 20)]);
+    std::fs::write(&img, &data).unwrap();
+    let out = d.ok(&[
+        &"backup",
+        &"create",
+        &"--volume",
+        &vol,
+        &"--incremental",
+        &"--wait",
+    ]);
+    let inc_id = field(&out, "backup_id");
+    assert!(!field(&out, "job_id").is_empty());
+
+    let list = d.json(&[&"backup", &"list", &"--json"]);
+    assert_eq!(list["summaries"].as_array().unwrap().len(), 2, "{list}");
+    let detail = d.json(&[&"backup", &"list", &"--detail", &"--with-count", &"--json"]);
+    assert_eq!(detail["count"], 2, "{detail}");
+    let inc = detail["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == inc_id.as_str())
+        .unwrap();
+    assert_eq!(inc["is_incremental"], true);
+    assert_eq!(inc["parent_id"], full_id.as_str());
+    let table = d.ok(&[&"backup", &"list"]);
+    assert!(
+        table.contains(&full_id) && table.contains(&inc_id),
+        "{table}"
+    );
+
+    // Update, export, import (the record is known here already).
+    let u = d.json(&[
+        &"backup",
+        &"update",
+        &full_id,
+        &"--description",
+        &"first",
+        &"--clear-metadata",
+        &"--json",
+    ]);
+    assert_eq!(u["description"], "first");
+    assert_eq!(u["metadata"], serde_json::json!({}));
+    let rec = d.ok(&[&"backup", &"export", &full_id]);
+    let recv: Value = serde_json::from_str(&rec).unwrap();
+    assert!(recv["backup_url"].as_str().is_some_and(|u| !u.is_empty()));
+    let rec_file = d.dir.path().join("record.json");
+    std::fs::write(&rec_file, rec).unwrap();
+    let err = d.fails(&[&"backup", &"import", &"--file", &rec_file]);
+    assert!(err.contains("ALREADY_EXISTS"), "{err}");
+
+    // Restore the incremental to a new volume and compare.
+    let r = d.json(&[
+        &"backup", &"restore", &inc_id, &"--name", &"r1", &"--wait", &"--json",
+    ]);
+    assert_eq!(r["job"]["state"], "succeeded", "{r}");
+    assert_eq!(r["volume_name"], "r1");
+    assert_restored(&d, &s(&r["volume_id"]), &data);
+
+    // The full backup has a dependent incremental.
+    let err = d.fails(&[&"backup", &"delete", &full_id]);
+    assert!(err.contains("FAILED_PRECONDITION"), "{err}");
+    d.ok(&[&"backup", &"delete", &inc_id]);
+    d.ok(&[&"backup", &"delete", &full_id]);
+    let err = d.fails(&[&"backup", &"show", &full_id]);
+    assert!(err.starts_with("error: NOT_FOUND: "), "{err}");
+
+    let jobs = d.json(&[&"job", &"list", &"--json"]);
+    let jobs = jobs["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    assert!(jobs.iter().all(|j| j["state"] == "succeeded"), "{jobs:?}");
+    assert_eq!(jobs.iter().filter(|j| j["kind"] == "backup").count(), 2);
+
+    // Watching a finished job prints its final state and succeeds.
+    let jid = s(&r["job_id"]);
+    let out = d.ok(&[&"job", &"watch", &jid]);
+    assert!(out.contains("succeeded"), "{out}");
+}
+
+#[test]
+fn a_wrong_token_is_unauthenticated() {
+    let d = Daemon::start();
+    let err = d.fails(&[&"volume", &"list", &"--token", &"not-the-token"]);
+    assert!(err.contains("UNAUTHENTICATED"), "{err}");
+    // The right one (read from the data directory) works.
+    d.ok(&[&"volume", &"list"]);
+}

@@ -1,0 +1,1462 @@
+//! The control plane's state machine: volumes, backups and jobs, their rules, the job scheduler,
+//! and crash recovery. Everything here is synchronous; the gRPC layer calls it through
+//! `spawn_blocking`.
+//!
+//! **State.** All rows live in memory behind one mutex and in the control database. A change is
+//! computed under the mutex, written to the database in one synced batch, and only then applied in
+//! memory, so what callers see is always durable.
+//!
+//! **Scheduler.** Jobs are queued rows. [`Control::dispatch`] starts the oldest queued job whose
+//! volume is free while fewer than `concurrency` run; each runs on its own thread, calling the
+//! engine. At most one job holds a volume at a time.
+//!
+//! **Restart.** A job found `running` at start was interrupted: it is marked `failed` ("interrupted
+//! ..."), its backup `error`; the engine has already marked the half-written backup `error` and GC
+//! reclaims its data. Queued jobs run again. A clean shutdown suspends running jobs back to the
+//! queue instead, so they restart from the beginning on the next start.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blockvault_core::{BackupId, BackupRecord, BackupState, VolumeId};
+use blockvault_engine::{
+    BackupOptions, CancelToken, Engine, Error as EngineError, Progress, RestoreOptions,
+};
+use parking_lot::Mutex;
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::model::*;
+
+/// Longest name or description (characters).
+pub const MAX_NAME: usize = 255;
+/// Most metadata entries on a backup.
+pub const MAX_METADATA: usize = 64;
+/// Longest metadata key or value (characters).
+pub const MAX_METADATA_ITEM: usize = 255;
+
+const INTERRUPTED: &str =
+    "interrupted: the daemon stopped while this job was running; run it again";
+const CANCELLED: &str = "cancelled by user";
+
+/// Live progress of a running job.
+#[derive(Default)]
+pub struct JobProgress {
+    total: AtomicU64,
+    done: AtomicU64,
+    stored: AtomicU64,
+}
+
+impl Progress for JobProgress {
+    fn set_total(&self, bytes: u64) {
+        self.total.store(bytes, Ordering::Relaxed);
+    }
+    fn advance(&self, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+    }
+    fn stored(&self, bytes: u64) {
+        self.stored.fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+#[derive(Clone)]
+struct Running {
+    cancel: CancelToken,
+    progress: Arc<JobProgress>,
+    /// Cancelled by shutdown: go back to the queue rather than end.
+    suspend: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct State {
+    volumes: HashMap<Uuid, VolumeRow>,
+    backups: HashMap<Uuid, BackupRow>,
+    jobs: HashMap<Uuid, JobRow>,
+    running: HashMap<Uuid, Running>,
+    next_seq: u64,
+}
+
+/// Rows to write together.
+#[derive(Default)]
+struct Changes {
+    volumes: Vec<VolumeRow>,
+    backups: Vec<BackupRow>,
+    jobs: Vec<JobRow>,
+    gone_volumes: Vec<Uuid>,
+    gone_backups: Vec<Uuid>,
+}
+
+impl Changes {
+    /// Writes durably, then applies in memory.
+    fn commit(self, db: &ControlDb, st: &mut State) -> Result<(), Status> {
+        let mut t = db.txn();
+        for v in &self.volumes {
+            t.volume(v);
+        }
+        for b in &self.backups {
+            t.backup(b);
+        }
+        for j in &self.jobs {
+            t.job(j);
+        }
+        for id in &self.gone_volumes {
+            t.delete_volume(id);
+        }
+        for id in &self.gone_backups {
+            t.delete_backup(id);
+        }
+        t.commit().map_err(internal)?;
+        for v in self.volumes {
+            st.volumes.insert(v.id, v);
+        }
+        for b in self.backups {
+            st.backups.insert(b.id, b);
+        }
+        for j in self.jobs {
+            st.jobs.insert(j.id, j);
+        }
+        for id in self.gone_volumes {
+            st.volumes.remove(&id);
+        }
+        for id in self.gone_backups {
+            st.backups.remove(&id);
+        }
+        Ok(())
+    }
+}
+
+/// What Backups.Create asks for.
+#[derive(Clone, Debug, Default)]
+pub struct CreateBackup {
+    pub volume_id: String,
+    pub name: String,
+    pub description: String,
+    pub container: String,
+    pub incremental: bool,
+    pub force: bool,
+    pub metadata: BTreeMap<String, String>,
+    pub availability_zone: String,
+    pub snapshot_id: String,
+}
+
+/// Backups.List parameters.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub sort: String,
+    pub limit: Option<u32>,
+    pub offset: u32,
+    pub marker: String,
+    pub all_tenants: bool,
+    pub filters: BTreeMap<String, String>,
+}
+
+/// A page of backups.
+pub struct BackupPage {
+    pub backups: Vec<BackupRow>,
+    /// Ids of backups other backups depend on.
+    pub parents: HashSet<Uuid>,
+    /// Matching backups before paging.
+    pub count: u64,
+}
+
+/// The control plane.
+pub struct Control {
+    engine: Arc<Engine>,
+    db: ControlDb,
+    state: Mutex<State>,
+    concurrency: usize,
+    restore_dir: PathBuf,
+    changes: tokio::sync::watch::Sender<u64>,
+    shutting_down: AtomicBool,
+}
+
+impl Control {
+    /// Opens the control database, recovers from an unclean stop, and returns the control plane.
+    /// Call [`Control::dispatch`] to start queued jobs.
+    pub fn open(
+        engine: Arc<Engine>,
+        dir: &Path,
+        concurrency: usize,
+        restore_dir: PathBuf,
+    ) -> Result<Arc<Control>, String> {
+        std::fs::create_dir_all(&restore_dir)
+            .map_err(|e| format!("restore directory {}: {e}", restore_dir.display()))?;
+        let db = ControlDb::open(dir).map_err(|e| e.to_string())?;
+        let loaded = db.load().map_err(|e| e.to_string())?;
+        let mut st = State {
+            next_seq: loaded.jobs.iter().map(|j| j.seq + 1).max().unwrap_or(0),
+            volumes: loaded.volumes.into_iter().map(|v| (v.id, v)).collect(),
+            backups: loaded.backups.into_iter().map(|b| (b.id, b)).collect(),
+            jobs: loaded.jobs.into_iter().map(|j| (j.id, j)).collect(),
+            running: HashMap::new(),
+        };
+        recover(&db, &mut st).map_err(|e| e.message().to_string())?;
+        let deleting: Vec<Uuid> = st
+            .backups
+            .values()
+            .filter(|b| b.status == BackupStatus::Deleting)
+            .map(|b| b.id)
+            .collect();
+        let control = Arc::new(Control {
+            engine,
+            db,
+            state: Mutex::new(st),
+            concurrency: concurrency.max(1),
+            restore_dir,
+            changes: tokio::sync::watch::channel(0).0,
+            shutting_down: AtomicBool::new(false),
+        });
+        for id in deleting {
+            tracing::info!(backup = %id, "finishing a delete interrupted by a restart");
+            control.finish_delete(id);
+        }
+        Ok(control)
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// A receiver that changes whenever a job changes state.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    // ------------------------------------------------------------------------------- volumes
+
+    /// Volumes.Register.
+    pub fn register_volume(
+        &self,
+        caller: &Caller,
+        id: &str,
+        name: &str,
+        path: &[u8],
+        encrypted: bool,
+    ) -> Result<VolumeRow, Status> {
+        caller.must_write()?;
+        let id = if id.is_empty() {
+            Uuid::new_v4()
+        } else {
+            parse_uuid("id", id)?
+        };
+        check_len("name", name)?;
+        let path_os = check_path(path)?;
+        let source = blockvault_engine::device::Source::open(path_os).map_err(|e| match e {
+            EngineError::Source { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Status::invalid_argument(format!(
+                    "path: {} does not exist",
+                    path_os.to_string_lossy()
+                ))
+            }
+            EngineError::Source { source, .. } => {
+                Status::invalid_argument(format!("path: {}: {source}", path_os.to_string_lossy()))
+            }
+            other => engine_status(other),
+        })?;
+        let size = source.size;
+        drop(source);
+        {
+            let st = self.state.lock();
+            if st.volumes.contains_key(&id) {
+                return Err(Status::already_exists(format!(
+                    "volume {id} already exists"
+                )));
+            }
+            if let Some(v) = st.volumes.values().find(|v| v.path == path) {
+                return Err(Status::already_exists(format!(
+                    "{} is already registered as volume {}",
+                    path_os.to_string_lossy(),
+                    v.id
+                )));
+            }
+        }
+        let encryption_key_id = if encrypted {
+            let vid = VolumeId::new(id.to_string()).map_err(|e| internal(e.to_string()))?;
+            Some(self.engine.ensure_volume_key(&vid).map_err(engine_status)?)
+        } else {
+            None
+        };
+        let t = now();
+        let row = VolumeRow {
+            format: ROW_VERSION,
+            id,
+            name: name.to_string(),
+            path: path.to_vec(),
+            size,
+            status: VolumeStatus::Available,
+            idle_status: VolumeStatus::Available,
+            encrypted,
+            encryption_key_id,
+            project_id: caller.project.clone(),
+            user_id: caller.user.clone(),
+            created_at: t,
+            updated_at: t,
+            busy_job: None,
+        };
+        let mut st = self.state.lock();
+        if st.volumes.contains_key(&id) || st.volumes.values().any(|v| v.path == path) {
+            return Err(Status::already_exists(format!(
+                "volume {id} already exists"
+            )));
+        }
+        Changes {
+            volumes: vec![row.clone()],
+            ..Default::default()
+        }
+        .commit(&self.db, &mut st)?;
+        tracing::info!(volume = %id, path = %path_os.to_string_lossy(), size, encrypted, "volume registered");
+        Ok(row)
+    }
+
+    /// Volumes.List, oldest first.
+    pub fn list_volumes(
+        &self,
+        caller: &Caller,
+        all_tenants: bool,
+    ) -> Result<Vec<VolumeRow>, Status> {
+        caller.may_list_all(all_tenants)?;
+        let st = self.state.lock();
+        let mut v: Vec<VolumeRow> = st
+            .volumes
+            .values()
+            .filter(|v| all_tenants || v.project_id == caller.project)
+            .cloned()
+            .collect();
+        v.sort_by_key(|v| (v.created_at, v.id));
+        Ok(v)
+    }
+
+    /// Volumes.Get.
+    pub fn get_volume(&self, caller: &Caller, id: &str) -> Result<VolumeRow, Status> {
+        let id = parse_uuid("volume_id", id)?;
+        let st = self.state.lock();
+        visible_volume(&st, caller, &id).cloned()
+    }
+
+    /// Volumes.Update.
+    pub fn update_volume(
+        &self,
+        caller: &Caller,
+        id: &str,
+        name: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<VolumeRow, Status> {
+        caller.must_write()?;
+        let id = parse_uuid("volume_id", id)?;
+        let mut st = self.state.lock();
+        let mut v = visible_volume(&st, caller, &id)?.clone();
+        if let Some(n) = name {
+            check_len("name", n)?;
+            v.name = n.to_string();
+        }
+        if let Some(s) = status {
+            let new = match s {
+                "available" => VolumeStatus::Available,
+                "in-use" => VolumeStatus::InUse,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "status: {other:?} is not one of available, in-use"
+                    )))
+                }
+            };
+            if v.busy_job.is_some() || v.status == VolumeStatus::Creating {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is {}; its status can change when the job ends",
+                    v.status.as_str()
+                )));
+            }
+            v.status = new;
+            v.idle_status = new;
+        }
+        v.updated_at = now();
+        Changes {
+            volumes: vec![v.clone()],
+            ..Default::default()
+        }
+        .commit(&self.db, &mut st)?;
+        Ok(v)
+    }
+
+    /// Volumes.Unregister.
+    pub fn unregister_volume(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+        caller.must_write()?;
+        let id = parse_uuid("volume_id", id)?;
+        let mut st = self.state.lock();
+        visible_volume(&st, caller, &id)?;
+        if let Some(j) = st
+            .jobs
+            .values()
+            .find(|j| j.volume_id == id && !j.state.is_final())
+        {
+            return Err(Status::failed_precondition(format!(
+                "volume {id} is used by {} job {}",
+                j.state.as_str(),
+                j.id
+            )));
+        }
+        Changes {
+            gone_volumes: vec![id],
+            ..Default::default()
+        }
+        .commit(&self.db, &mut st)?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------------- backups
+
+    /// Backups.Create: records the backup (`creating`) and queues its job.
+    pub fn create_backup(
+        self: &Arc<Self>,
+        caller: &Caller,
+        req: CreateBackup,
+    ) -> Result<(BackupRow, JobRow), Status> {
+        caller.must_write()?;
+        let volume_id = parse_uuid("volume_id", &req.volume_id)?;
+        check_len("name", &req.name)?;
+        check_len("description", &req.description)?;
+        check_len("container", &req.container)?;
+        check_len("availability_zone", &req.availability_zone)?;
+        check_metadata(&req.metadata)?;
+        let snapshot_id = if req.snapshot_id.is_empty() {
+            None
+        } else {
+            Some(parse_uuid("snapshot_id", &req.snapshot_id)?)
+        };
+        let mut st = self.state.lock();
+        let vol = visible_volume(&st, caller, &volume_id)?.clone();
+        match vol.idle_status {
+            VolumeStatus::Available => {}
+            VolumeStatus::InUse if req.force => {}
+            VolumeStatus::InUse => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {volume_id} is in-use; pass force to back it up anyway"
+                )))
+            }
+            other => {
+                return Err(Status::failed_precondition(format!(
+                    "volume {volume_id} is {}; it must be available (or in-use with force)",
+                    other.as_str()
+                )))
+            }
+        }
+        let source = match snapshot_id {
+            None => vol.path.clone(),
+            Some(s) => {
+                let snap = st
+                    .volumes
+                    .get(&s)
+                    .filter(|v| v.project_id == vol.project_id)
+                    .ok_or_else(|| {
+                        Status::not_found(format!("snapshot {s} is not a registered volume"))
+                    })?;
+                snap.path.clone()
+            }
+        };
+        let parent = if req.incremental {
+            let p = st
+                .backups
+                .values()
+                .filter(|b| {
+                    b.volume_id == volume_id
+                        && matches!(b.status, BackupStatus::Available | BackupStatus::Restoring)
+                })
+                .max_by_key(|b| (b.data_timestamp, b.created_at, b.id))
+                .ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "volume {volume_id} has no available backup to base an incremental on; \
+                         create a full backup first"
+                    ))
+                })?;
+            Some(p.id)
+        } else {
+            None
+        };
+        let t = now();
+        let backup_id = Uuid::new_v4();
+        let job_id = Uuid::new_v4();
+        let backup = BackupRow {
+            format: ROW_VERSION,
+            id: backup_id,
+            project_id: vol.project_id.clone(),
+            user_id: caller.user.clone(),
+            name: req.name,
+            description: req.description,
+            container: req.container,
+            metadata: req.metadata,
+            availability_zone: req.availability_zone,
+            snapshot_id,
+            volume_id,
+            status: BackupStatus::Creating,
+            fail_reason: None,
+            is_incremental: parent.is_some(),
+            parent_id: parent,
+            size: vol.size,
+            object_count: 0,
+            stored_bytes: 0,
+            data_timestamp: None,
+            created_at: t,
+            updated_at: t,
+            encrypted: vol.encrypted,
+            encryption_key_id: vol.encryption_key_id,
+            job_id: Some(job_id),
+        };
+        let job = JobRow {
+            format: ROW_VERSION,
+            id: job_id,
+            seq: st.next_seq,
+            kind: JobKind::Backup,
+            state: JobState::Queued,
+            project_id: vol.project_id.clone(),
+            user_id: caller.user.clone(),
+            backup_id,
+            volume_id,
+            source: Some(source),
+            target: None,
+            new_volume: false,
+            bytes_done: 0,
+            bytes_total: vol.size,
+            bytes_stored: 0,
+            created_at: t,
+            started_at: None,
+            finished_at: None,
+            fail_reason: None,
+        };
+        Changes {
+            backups: vec![backup.clone()],
+            jobs: vec![job.clone()],
+            ..Default::default()
+        }
+        .commit(&self.db, &mut st)?;
+        st.next_seq += 1;
+        drop(st);
+        tracing::info!(backup = %backup_id, job = %job_id, volume = %volume_id,
+                       incremental = backup.is_incremental, "backup queued");
+        self.dispatch();
+        Ok((backup, job))
+    }
+
+    /// Backups.Get.
+    pub fn get_backup(&self, caller: &Caller, id: &str) -> Result<(BackupRow, bool), Status> {
+        let id = parse_uuid("backup_id", id)?;
+        let st = self.state.lock();
+        let b = visible_backup(&st, caller, &id)?.clone();
+        let dependent = st.backups.values().any(|o| o.parent_id == Some(id));
+        Ok((b, dependent))
+    }
+
+    /// Backups.List.
+    pub fn list_backups(&self, caller: &Caller, q: &ListQuery) -> Result<BackupPage, Status> {
+        caller.may_list_all(q.all_tenants)?;
+        let sort = parse_sort(&q.sort)?;
+        let mut status = None;
+        let mut volume = None;
+        let mut name = None;
+        for (k, v) in &q.filters {
+            match k.as_str() {
+                "status" => {
+                    status = Some(BackupStatus::parse(v).ok_or_else(|| {
+                        Status::invalid_argument(format!("filter status: unknown status {v:?}"))
+                    })?)
+                }
+                "volume_id" => volume = Some(v.clone()),
+                "name" => name = Some(v.clone()),
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown filter {other:?}; filters are status, volume_id, name"
+                    )))
+                }
+            }
+        }
+        let st = self.state.lock();
+        let mut rows: Vec<&BackupRow> = st
+            .backups
+            .values()
+            .filter(|b| q.all_tenants || b.project_id == caller.project)
+            .filter(|b| status.is_none_or(|s| b.status == s))
+            .filter(|b| {
+                volume
+                    .as_ref()
+                    .is_none_or(|v| b.volume_id.to_string() == *v)
+            })
+            .filter(|b| name.as_ref().is_none_or(|n| b.name == *n))
+            .collect();
+        rows.sort_by(|a, b| {
+            for (key, desc) in &sort {
+                let o = compare(a, b, *key);
+                let o = if *desc { o.reverse() } else { o };
+                if o.is_ne() {
+                    return o;
+                }
+            }
+            a.id.cmp(&b.id)
+        });
+        let count = rows.len() as u64;
+        let mut start = 0;
+        if !q.marker.is_empty() {
+            let m = parse_uuid("marker", &q.marker)?;
+            start = rows.iter().position(|b| b.id == m).ok_or_else(|| {
+                Status::invalid_argument(format!("marker {m} is not among the listed backups"))
+            })? + 1;
+        }
+        let start = start.saturating_add(q.offset as usize).min(rows.len());
+        let end = match q.limit {
+            Some(l) => start.saturating_add(l as usize).min(rows.len()),
+            None => rows.len(),
+        };
+        let parents = st.backups.values().filter_map(|b| b.parent_id).collect();
+        Ok(BackupPage {
+            backups: rows[start..end].iter().map(|b| (*b).clone()).collect(),
+            parents,
+            count,
+        })
+    }
+
+    /// Backups.Update.
+    pub fn update_backup(
+        &self,
+        caller: &Caller,
+        id: &str,
+        name: Option<&str>,
+        description: Option<&str>,
+        metadata: Option<BTreeMap<String, String>>,
+    ) -> Result<(BackupRow, bool), Status> {
+        caller.must_write()?;
+        let id = parse_uuid("backup_id", id)?;
+        if let Some(n) = name {
+            check_len("name", n)?;
+        }
+        if let Some(d) = description {
+            check_len("description", d)?;
+        }
+        if let Some(m) = &metadata {
+            check_metadata(m)?;
+        }
+        let mut st = self.state.lock();
+        let mut b = visible_backup(&st, caller, &id)?.clone();
+        if let Some(n) = name {
+            b.name = n.to_string();
+        }
+        if let Some(d) = description {
+            b.description = d.to_string();
+        }
+        if let Some(m) = metadata {
+            b.metadata = m;
+        }
+        b.updated_at = now();
+        Changes {
+            backups: vec![b.clone()],
+            ..Default::default()
+        }
+        .commit(&self.db, &mut st)?;
+        let dependent = st.backups.values().any(|o| o.parent_id == Some(id));
+        Ok((b, dependent))
+    }
+
+    /// Backups.Delete: `deleting` while references are dropped, then gone (or `error_deleting`).
+    pub fn delete_backup(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+        caller.must_write()?;
+        let id = parse_uuid("backup_id", id)?;
+        {
+            let mut st = self.state.lock();
+            let mut b = visible_backup(&st, caller, &id)?.clone();
+            if !matches!(b.status, BackupStatus::Available | BackupStatus::Error) {
+                return Err(Status::failed_precondition(format!(
+                    "backup {id} is {}; only available or error backups can be deleted",
+                    b.status.as_str()
+                )));
+            }
+            if let Some(d) = st.backups.values().find(|o| o.parent_id == Some(id)) {
+                return Err(Status::failed_precondition(format!(
+                    "backup {id} has dependent backups (incremental {} is based on it); \
+                     delete them first",
+                    d.id
+                )));
+            }
+            b.status = BackupStatus::Deleting;
+            b.updated_at = now();
+            Changes {
+                backups: vec![b],
+                ..Default::default()
+            }
+            .commit(&self.db, &mut st)?;
+        }
+        match self.finish_delete(id) {
+            Some(reason) => Err(Status::internal(format!(
+                "deleting backup {id} failed (status error_deleting): {reason}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Drops a `deleting` backup's data references and its row; on failure marks it
+    /// `error_deleting` and returns the reason.
+    fn finish_delete(&self, id: Uuid) -> Option<String> {
+        let res = match self.engine.delete(&BackupId(id)) {
+            Ok(()) => Ok(()),
+            Err(EngineError::Store(blockvault_store::Error::BackupNotFound(_))) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut st = self.state.lock();
+        let outcome = match res {
+            Ok(()) => Changes {
+                gone_backups: vec![id],
+                ..Default::default()
+            },
+            Err(ref reason) => {
+                let Some(mut b) = st.backups.get(&id).cloned() else {
+                    return Some(reason.clone());
+                };
+                b.status = BackupStatus::ErrorDeleting;
+                b.fail_reason = Some(reason.clone());
+                b.updated_at = now();
+                Changes {
+                    backups: vec![b],
+                    ..Default::default()
+                }
+            }
+        };
+        if let Err(e) = outcome.commit(&self.db, &mut st) {
+            return Some(e.message().to_string());
+        }
+        tracing::info!(backup = %id, ok = res.is_ok(), "backup delete finished");
+        res.err()
+    }
+
+    /// Backups.Restore: to an existing volume (`volume_id`) or to a new one.
+    /// Returns (backup id, volume, job).
+    pub fn restore_backup(
+        self: &Arc<Self>,
+        caller: &Caller,
+        backup_id: &str,
+        volume_id: &str,
+        name: &str,
+    ) -> Result<(Uuid, VolumeRow, JobRow), Status> {
+        caller.must_write()?;
+        let backup_id = parse_uuid("backup_id", backup_id)?;
+        let target_id = if volume_id.is_empty() {
+            None
+        } else {
+            Some(parse_uuid("volume_id", volume_id)?)
+        };
+        check_len("name", name)?;
+        let mut st = self.state.lock();
+        let mut backup = visible_backup(&st, caller, &backup_id)?.clone();
+        if backup.status != BackupStatus::Available {
+            return Err(Status::failed_precondition(format!(
+                "backup {backup_id} is {}; only an available backup can be restored",
+                backup.status.as_str()
+            )));
+        }
+        let t = now();
+        let job_id = Uuid::new_v4();
+        let (volume, target, new_volume) = match target_id {
+            Some(vid) => {
+                let mut v = visible_volume(&st, caller, &vid)?.clone();
+                if v.status != VolumeStatus::Available || v.busy_job.is_some() {
+                    return Err(Status::failed_precondition(format!(
+                        "volume {vid} is {}; a restore target must be available",
+                        v.status.as_str()
+                    )));
+                }
+                if v.size < backup.size {
+                    return Err(Status::failed_precondition(format!(
+                        "volume {vid} holds {} bytes but backup {backup_id} needs {}",
+                        v.size, backup.size
+                    )));
+                }
+                v.status = VolumeStatus::RestoringBackup;
+                v.updated_at = t;
+                let path = v.path.clone();
+                (v, path, false)
+            }
+            None => {
+                let id = Uuid::new_v4();
+                let path = self.restore_dir.join(format!("{id}.img"));
+                let name = if name.is_empty() {
+                    format!("restore_backup_{backup_id}")
+                } else {
+                    name.to_string()
+                };
+                let v = VolumeRow {
+                    format: ROW_VERSION,
+                    id,
+                    name,
+                    path: path.as_os_str().as_bytes().to_vec(),
+                    size: backup.size,
+                    status: VolumeStatus::Creating,
+                    idle_status: VolumeStatus::Available,
+                    encrypted: false,
+                    encryption_key_id: None,
+                    project_id: backup.project_id.clone(),
+                    user_id: caller.user.clone(),
+                    created_at: t,
+                    updated_at: t,
+                    busy_job: None,
+                };
+                let p = v.path.clone();
+                (v, p, true)
+            }
+        };
+        backup.status = BackupStatus::Restoring;
+        backup.job_id = Some(job_id);
+        backup.updated_at = t;
+        let job = JobRow {
+            format: ROW_VERSION,
+            id: job_id,
+            seq: st.next_seq,
+            kind: JobKind::Restore,
+            state: JobState::Queued,
+            project_id: backup.project_id.clone(),
+            user_id: caller.user.clone(),
+            backup_id,
+            volume_id: volume.id,
+            source: None,
+            target: Some(target),
+            new_volume,
+            bytes_done: 0,
+            bytes_total: backup.size,
+            bytes_stored: 0,
+            created_at: t,
+            started_at: None,
+            finished_at: None,
+            fail_reason: None,
+        };
+        Changes {
+            volumes: vec![volume.clone()],
+            backups: vec![backup],
+            jobs: vec![job.clone()],
+            ..Default::default()
+        }
+        .commit(&self.db, &mut st)?;
+        st.next_seq += 1;
+        drop(st);
+        tracing::info!(backup = %backup_id, volume = %volume.id, job = %job_id, new_volume, "restore queued");
+        self.dispatch();
+        Ok((backup_id, volume, job))
+    }
+
+    /// A backup row for export (must be available) and the engine's record of it.
+    pub(crate) fn exportable(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(BackupRow, BackupRecord), Status> {
+        let id = parse_uuid("backup_id", id)?;
+        let b = {
+            let st = self.state.lock();
+            visible_backup(&st, caller, &id)?.clone()
+        };
+        if b.status != BackupStatus::Available {
+            return Err(Status::failed_precondition(format!(
+                "backup {id} is {}; only an available backup can be exported",
+                b.status.as_str()
+            )));
+        }
+        let rec = self.engine.get(&BackupId(id)).map_err(engine_status)?;
+        Ok((b, rec))
+    }
+
+    /// Adds an imported backup row (checked by the caller against the store).
+    pub(crate) fn insert_imported(
+        &self,
+        caller: &Caller,
+        mut b: BackupRow,
+    ) -> Result<BackupRow, Status> {
+        caller.must_write()?;
+        let mut st = self.state.lock();
+        if st.backups.contains_key(&b.id) {
+            return Err(Status::already_exists(format!(
+                "backup {} already exists",
+                b.id
+            )));
+        }
+        b.project_id = caller.project.clone();
+        b.user_id = caller.user.clone();
+        b.status = BackupStatus::Available;
+        b.job_id = None;
+        b.fail_reason = None;
+        b.updated_at = now();
+        Changes {
+            backups: vec![b.clone()],
+            ..Default::default()
+        }
+        .commit(&self.db, &mut st)?;
+        Ok(b)
+    }
+
+    // ---------------------------------------------------------------------------------- jobs
+
+    /// Jobs.Get: the row with live progress.
+    pub fn get_job(&self, caller: &Caller, id: &str) -> Result<JobRow, Status> {
+        let id = parse_uuid("job_id", id)?;
+        let st = self.state.lock();
+        let j = st
+            .jobs
+            .get(&id)
+            .filter(|j| caller.sees(&j.project_id))
+            .ok_or_else(|| Status::not_found(format!("job {id} not found")))?;
+        Ok(live(&st, j))
+    }
+
+    /// The job's current row, unchecked (for Watch, after the first check).
+    pub fn job_snapshot(&self, id: &Uuid) -> Option<JobRow> {
+        let st = self.state.lock();
+        st.jobs.get(id).map(|j| live(&st, j))
+    }
+
+    /// Jobs.List, newest first.
+    pub fn list_jobs(
+        &self,
+        caller: &Caller,
+        all_tenants: bool,
+        state: &str,
+    ) -> Result<Vec<JobRow>, Status> {
+        caller.may_list_all(all_tenants)?;
+        let want = if state.is_empty() {
+            None
+        } else {
+            Some(JobState::parse(state).ok_or_else(|| {
+                Status::invalid_argument(format!("state: unknown job state {state:?}"))
+            })?)
+        };
+        let st = self.state.lock();
+        let mut v: Vec<JobRow> = st
+            .jobs
+            .values()
+            .filter(|j| all_tenants || j.project_id == caller.project)
+            .filter(|j| want.is_none_or(|s| j.state == s))
+            .map(|j| live(&st, j))
+            .collect();
+        v.sort_by_key(|j| std::cmp::Reverse(j.seq));
+        Ok(v)
+    }
+
+    /// Jobs.Cancel.
+    pub fn cancel_job(self: &Arc<Self>, caller: &Caller, id: &str) -> Result<JobRow, Status> {
+        caller.must_write()?;
+        let id = parse_uuid("job_id", id)?;
+        let mut st = self.state.lock();
+        let j = st
+            .jobs
+            .get(&id)
+            .filter(|j| caller.sees(&j.project_id))
+            .ok_or_else(|| Status::not_found(format!("job {id} not found")))?
+            .clone();
+        match j.state {
+            JobState::Queued => {
+                let ch = end_job(&st, j, Err(CANCELLED.into()), JobState::Cancelled);
+                ch.commit(&self.db, &mut st)?;
+                let row = st.jobs[&id].clone();
+                drop(st);
+                self.bump();
+                tracing::info!(job = %id, "queued job cancelled");
+                Ok(row)
+            }
+            JobState::Running => {
+                if let Some(r) = st.running.get(&id) {
+                    r.cancel.cancel();
+                }
+                tracing::info!(job = %id, "cancelling running job");
+                Ok(live(&st, &j))
+            }
+            s => Err(Status::failed_precondition(format!(
+                "job {id} already ended ({})",
+                s.as_str()
+            ))),
+        }
+    }
+
+    /// Starts queued jobs while there is room. Called after every change to the queue.
+    pub fn dispatch(self: &Arc<Self>) {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut started = false;
+        let mut st = self.state.lock();
+        while st.running.len() < self.concurrency {
+            let busy: HashSet<Uuid> = st
+                .running
+                .keys()
+                .filter_map(|id| st.jobs.get(id).map(|j| j.volume_id))
+                .collect();
+            let Some(mut job) = st
+                .jobs
+                .values()
+                .filter(|j| j.state == JobState::Queued && !busy.contains(&j.volume_id))
+                .min_by_key(|j| j.seq)
+                .cloned()
+            else {
+                break;
+            };
+            job.state = JobState::Running;
+            job.started_at = Some(now());
+            let mut ch = Changes::default();
+            if let Some(v) = st.volumes.get(&job.volume_id) {
+                let mut v = v.clone();
+                v.busy_job = Some(job.id);
+                v.status = match (job.kind, job.new_volume) {
+                    (JobKind::Backup, _) => VolumeStatus::BackingUp,
+                    (JobKind::Restore, false) => VolumeStatus::RestoringBackup,
+                    (JobKind::Restore, true) => VolumeStatus::Creating,
+                };
+                ch.volumes.push(v);
+            }
+            ch.jobs.push(job.clone());
+            if let Err(e) = ch.commit(&self.db, &mut st) {
+                tracing::error!(job = %job.id, error = %e.message(), "cannot start job");
+                break;
+            }
+            let run = Running {
+                cancel: CancelToken::default(),
+                progress: Arc::new(JobProgress::default()),
+                suspend: Arc::new(AtomicBool::new(false)),
+            };
+            st.running.insert(job.id, run.clone());
+            let me = self.clone();
+            let id = job.id;
+            let spawned = std::thread::Builder::new()
+                .name(format!("bv-job-{}", &id.to_string()[..8]))
+                .spawn(move || {
+                    let outcome = me.execute(&job, &run);
+                    me.finish(id, outcome);
+                    me.dispatch();
+                });
+            if let Err(e) = spawned {
+                tracing::error!(job = %id, error = %e, "cannot start job thread");
+                st.running.remove(&id);
+                break;
+            }
+            tracing::info!(job = %id, "job started");
+            started = true;
+        }
+        drop(st);
+        if started {
+            self.bump();
+        }
+    }
+
+    /// Runs a job's engine operation (on the job's thread).
+    fn execute(&self, job: &JobRow, run: &Running) -> Result<(), EngineError> {
+        let backup = BackupId(job.backup_id);
+        match job.kind {
+            JobKind::Backup => {
+                // A suspended earlier attempt left an unfinished record: drop it first.
+                match self.engine.get(&backup) {
+                    Ok(r) if r.state == BackupState::Available => return Ok(()),
+                    Ok(_) => self.engine.delete(&backup)?,
+                    Err(_) => {}
+                }
+                let row = self.state.lock().backups.get(&job.backup_id).cloned();
+                let row = row.ok_or_else(|| EngineError::Internal("backup row vanished".into()))?;
+                let volume = VolumeId::new(job.volume_id.to_string())?;
+                let source = job.source.clone().unwrap_or_default();
+                let mut opts =
+                    BackupOptions::new(volume, PathBuf::from(OsStr::from_bytes(&source)));
+                opts.id = Some(backup);
+                opts.incremental = row.parent_id.is_some();
+                opts.parent = row.parent_id.map(BackupId);
+                opts.encrypt = row.encrypted;
+                opts.progress = run.progress.clone();
+                opts.cancel = run.cancel.clone();
+                self.engine.backup(opts).map(|_| ())
+            }
+            JobKind::Restore => {
+                let target = job.target.clone().unwrap_or_default();
+                let mut opts =
+                    RestoreOptions::new(backup, PathBuf::from(OsStr::from_bytes(&target)));
+                opts.progress = run.progress.clone();
+                opts.cancel = run.cancel.clone();
+                self.engine.restore(opts).map(|_| ())
+            }
+        }
+    }
+
+    /// Records a job's end.
+    fn finish(&self, id: Uuid, outcome: Result<(), EngineError>) {
+        let mut st = self.state.lock();
+        let Some(run) = st.running.remove(&id) else {
+            return;
+        };
+        let Some(mut job) = st.jobs.get(&id).cloned() else {
+            return;
+        };
+        job.bytes_done = run.progress.done.load(Ordering::Relaxed);
+        job.bytes_total = run
+            .progress
+            .total
+            .load(Ordering::Relaxed)
+            .max(job.bytes_total);
+        job.bytes_stored = run.progress.stored.load(Ordering::Relaxed);
+        let cancelled = matches!(outcome, Err(EngineError::Cancelled));
+        let ch = if cancelled && run.suspend.load(Ordering::SeqCst) {
+            // Shutdown: back to the queue; the next start runs it again from the beginning.
+            job.state = JobState::Queued;
+            job.started_at = None;
+            job.bytes_done = 0;
+            job.bytes_stored = 0;
+            let mut ch = Changes::default();
+            if let Some(v) = st.volumes.get(&job.volume_id) {
+                let mut v = v.clone();
+                v.busy_job = None;
+                ch.volumes.push(v);
+            }
+            ch.jobs.push(job);
+            ch
+        } else {
+            let (state, res) = match outcome {
+                Ok(()) => (JobState::Succeeded, Ok(())),
+                Err(EngineError::Cancelled) => (JobState::Cancelled, Err(CANCELLED.to_string())),
+                Err(e) => (JobState::Failed, Err(e.to_string())),
+            };
+            let mut ch = end_job(&st, job, res, state);
+            if state == JobState::Succeeded {
+                if let Some(b) = ch.backups.first_mut() {
+                    if let Ok(rec) = self.engine.get(&BackupId(b.id)) {
+                        if b.status == BackupStatus::Available
+                            && rec.state == BackupState::Available
+                        {
+                            fill_from_record(b, &rec);
+                        }
+                    }
+                }
+            }
+            ch
+        };
+        if let Err(e) = ch.commit(&self.db, &mut st) {
+            tracing::error!(job = %id, error = %e.message(), "cannot record the end of a job");
+        }
+        let j = &st.jobs[&id];
+        tracing::info!(job = %id, state = j.state.as_str(), reason = j.fail_reason.as_deref().unwrap_or(""), "job ended");
+        drop(st);
+        self.bump();
+    }
+
+    /// First step of shutdown: start no more jobs, suspend running ones (they go back to the
+    /// queue), and end Watch streams.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        {
+            let st = self.state.lock();
+            for r in st.running.values() {
+                r.suspend.store(true, Ordering::SeqCst);
+                r.cancel.cancel();
+            }
+        }
+        self.bump();
+    }
+
+    /// Last step of shutdown: wait (up to `wait`) for suspended jobs to stop, then flush both
+    /// databases.
+    pub fn finish_shutdown(&self, wait: Duration) {
+        self.begin_shutdown();
+        let deadline = Instant::now() + wait;
+        while !self.state.lock().running.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "flushing the control database");
+        }
+        if let Err(e) = self.engine.store().flush() {
+            tracing::warn!(error = %e, "flushing the store index");
+        }
+    }
+
+    /// True once shutdown began.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Persists live progress of running jobs (not synced; called periodically).
+    pub fn save_progress(&self) {
+        let st = self.state.lock();
+        let mut t = self.db.txn();
+        for id in st.running.keys() {
+            if let Some(j) = st.jobs.get(id) {
+                t.job(&live(&st, j));
+            }
+        }
+        if let Err(e) = t.commit_lazy() {
+            tracing::warn!(error = %e, "saving job progress");
+        }
+    }
+}
+
+/// Copies the engine's figures into a finished backup's row.
+fn fill_from_record(b: &mut BackupRow, rec: &BackupRecord) {
+    b.size = rec.size;
+    b.object_count = rec.object_count;
+    b.stored_bytes = rec.stored_bytes;
+    b.data_timestamp = Some(rec.data_timestamp);
+    b.is_incremental = rec.is_incremental;
+    b.encrypted = rec.encrypted;
+    b.encryption_key_id = rec.encryption_key_id;
+}
+
+/// The changes that end `job` in `state` (`res` carries the failure reason).
+fn end_job(st: &State, mut job: JobRow, res: Result<(), String>, state: JobState) -> Changes {
+    let t = now();
+    job.state = state;
+    job.finished_at = Some(t);
+    job.fail_reason = res.as_ref().err().cloned();
+    let mut ch = Changes::default();
+    if let Some(mut b) = st.backups.get(&job.backup_id).cloned() {
+        b.updated_at = t;
+        match job.kind {
+            JobKind::Backup => match &res {
+                Ok(()) => b.status = BackupStatus::Available,
+                Err(reason) => {
+                    b.status = BackupStatus::Error;
+                    b.fail_reason = Some(reason.clone());
+                }
+            },
+            JobKind::Restore => {
+                if b.status == BackupStatus::Restoring {
+                    b.status = BackupStatus::Available;
+                }
+            }
+        }
+        ch.backups.push(b);
+    }
+    if let Some(mut v) = st.volumes.get(&job.volume_id).cloned() {
+        if v.busy_job.is_none() || v.busy_job == Some(job.id) {
+            v.busy_job = None;
+            if job.kind == JobKind::Restore {
+                // A restore that never started left an existing target untouched.
+                let ran = job.started_at.is_some();
+                v.idle_status = match (&res, job.new_volume, ran) {
+                    (Ok(()), _, _) => VolumeStatus::Available,
+                    (Err(_), true, _) => VolumeStatus::Error,
+                    (Err(_), false, true) => VolumeStatus::ErrorRestoring,
+                    (Err(_), false, false) => v.idle_status,
+                };
+            }
+            v.status = v.idle_status;
+            v.updated_at = t;
+            ch.volumes.push(v);
+        }
+    }
+    ch.jobs.push(job);
+    ch
+}
+
+/// A job row with the live counters of its run, if it runs.
+fn live(st: &State, j: &JobRow) -> JobRow {
+    let mut j = j.clone();
+    if let Some(r) = st.running.get(&j.id) {
+        j.bytes_done = r.progress.done.load(Ordering::Relaxed);
+        j.bytes_total = r.progress.total.load(Ordering::Relaxed).max(j.bytes_total);
+        j.bytes_stored = r.progress.stored.load(Ordering::Relaxed);
+    }
+    j
+}
+
+/// Start-up recovery after an unclean stop (see the module docs).
+fn recover(db: &ControlDb, st: &mut State) -> Result<(), Status> {
+    let interrupted: Vec<JobRow> = st
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Running)
+        .cloned()
+        .collect();
+    for j in interrupted {
+        tracing::warn!(job = %j.id, kind = j.kind.as_str(), "job was interrupted by a restart");
+        let ch = end_job(st, j, Err(INTERRUPTED.into()), JobState::Failed);
+        ch.commit(db, st)?;
+    }
+    let queued: HashSet<Uuid> = st
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Queued)
+        .map(|j| j.backup_id)
+        .collect();
+    let mut ch = Changes::default();
+    for v in st.volumes.values() {
+        if v.busy_job.is_some() {
+            let mut v = v.clone();
+            v.busy_job = None;
+            v.status = v.idle_status;
+            ch.volumes.push(v);
+        }
+    }
+    for b in st.backups.values() {
+        let orphan = !queued.contains(&b.id);
+        let fix = match b.status {
+            BackupStatus::Restoring if orphan => Some((BackupStatus::Available, None)),
+            BackupStatus::Creating if orphan => {
+                Some((BackupStatus::Error, Some(INTERRUPTED.to_string())))
+            }
+            _ => None,
+        };
+        if let Some((status, reason)) = fix {
+            let mut b = b.clone();
+            b.status = status;
+            if reason.is_some() {
+                b.fail_reason = reason;
+            }
+            ch.backups.push(b);
+        }
+    }
+    ch.commit(db, st)
+}
+
+fn compare(a: &BackupRow, b: &BackupRow, key: SortKey) -> std::cmp::Ordering {
+    match key {
+        SortKey::Id => a.id.cmp(&b.id),
+        SortKey::Name => a.name.cmp(&b.name),
+        SortKey::Status => a.status.as_str().cmp(b.status.as_str()),
+        SortKey::CreatedAt => a.created_at.cmp(&b.created_at),
+        SortKey::UpdatedAt => a.updated_at.cmp(&b.updated_at),
+        SortKey::Size => a.size.cmp(&b.size),
+        SortKey::VolumeId => a.volume_id.cmp(&b.volume_id),
+        SortKey::DataTimestamp => a.data_timestamp.cmp(&b.data_timestamp),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SortKey {
+    Id,
+    Name,
+    Status,
+    CreatedAt,
+    UpdatedAt,
+    Size,
+    VolumeId,
+    DataTimestamp,
+}
+
+/// Parses Cinder's `key[:dir],...` sort syntax; default `created_at:desc,id:desc`.
+fn parse_sort(s: &str) -> Result<Vec<(SortKey, bool)>, Status> {
+    let s = if s.trim().is_empty() {
+        "created_at:desc,id:desc"
+    } else {
+        s
+    };
+    s.split(',')
+        .map(|part| {
+            let (k, dir) = part.trim().split_once(':').unwrap_or((part.trim(), "asc"));
+            let key = match k.trim() {
+                "id" => SortKey::Id,
+                "name" => SortKey::Name,
+                "status" => SortKey::Status,
+                "created_at" => SortKey::CreatedAt,
+                "updated_at" => SortKey::UpdatedAt,
+                "size" => SortKey::Size,
+                "volume_id" => SortKey::VolumeId,
+                "data_timestamp" => SortKey::DataTimestamp,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "sort: unknown key {other:?}; keys are id, name, status, created_at, \
+                         updated_at, size, volume_id, data_timestamp"
+                    )))
+                }
+            };
+            let desc = match dir.trim() {
+                "asc" => false,
+                "desc" => true,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "sort: unknown direction {other:?}; use asc or desc"
+                    )))
+                }
+            };
+            Ok((key, desc))
+        })
+        .collect()
+}
+
+fn visible_volume<'a>(st: &'a State, caller: &Caller, id: &Uuid) -> Result<&'a VolumeRow, Status> {
+    st.volumes
+        .get(id)
+        .filter(|v| caller.sees(&v.project_id))
+        .ok_or_else(|| Status::not_found(format!("volume {id} not found")))
+}
+
+fn visible_backup<'a>(st: &'a State, caller: &Caller, id: &Uuid) -> Result<&'a BackupRow, Status> {
+    st.backups
+        .get(id)
+        .filter(|b| caller.sees(&b.project_id))
+        .ok_or_else(|| Status::not_found(format!("backup {id} not found")))
+}
+
+/// Parses a UUID argument.
+pub fn parse_uuid(field: &str, s: &str) -> Result<Uuid, Status> {
+    Uuid::parse_str(s.trim())
+        .map_err(|_| Status::invalid_argument(format!("{field}: {s:?} is not a UUID")))
+}
+
+fn check_len(field: &str, s: &str) -> Result<(), Status> {
+    let n = s.chars().count();
+    if n > MAX_NAME {
+        return Err(Status::invalid_argument(format!(
+            "{field}: {n} characters; at most {MAX_NAME} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+fn check_metadata(m: &BTreeMap<String, String>) -> Result<(), Status> {
+    if m.len() > MAX_METADATA {
+        return Err(Status::invalid_argument(format!(
+            "metadata: {} entries; at most {MAX_METADATA} are allowed",
+            m.len()
+        )));
+    }
+    for (k, v) in m {
+        let kn = k.chars().count();
+        if kn == 0 || kn > MAX_METADATA_ITEM {
+            return Err(Status::invalid_argument(format!(
+                "metadata: keys must have 1 to {MAX_METADATA_ITEM} characters ({kn} given)"
+            )));
+        }
+        if v.chars().count() > MAX_METADATA_ITEM {
+            return Err(Status::invalid_argument(format!(
+                "metadata: the value of {k:?} is longer than {MAX_METADATA_ITEM} characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_path(path: &[u8]) -> Result<&Path, Status> {
+    if path.is_empty() {
+        return Err(Status::invalid_argument("path: empty"));
+    }
+    if path.contains(&0) {
+        return Err(Status::invalid_argument("path: contains a NUL byte"));
+    }
+    if path.len() > 4096 {
+        return Err(Status::invalid_argument("path: longer than 4096 bytes"));
+    }
+    Ok(Path::new(OsStr::from_bytes(path)))
+}
+
+/// Maps an engine error to a gRPC status.
+pub fn engine_status(e: EngineError) -> Status {
+    match &e {
+        EngineError::NoMasterKey | EngineError::WrongMasterKey(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        EngineError::Store(blockvault_store::Error::BackupNotFound(_)) => {
+            Status::not_found(e.to_string())
+        }
+        EngineError::TargetTooSmall { .. } | EngineError::NotAvailable { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+        EngineError::Cancelled => Status::cancelled(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}

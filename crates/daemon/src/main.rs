@@ -1,0 +1,86 @@
+//! `blockvaultd`: the blockvault daemon.
+//!
+//! With no arguments it runs on the built-in default config (`config/blockvaultd.toml`): data in
+//! `./blockvault-data`, listening on 127.0.0.1:8750. SIGTERM or Ctrl-C shut it down cleanly.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use blockvault_daemon::{Config, Daemon};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "blockvaultd",
+    version,
+    about = "blockvault daemon: gRPC control plane for block volume backups"
+)]
+struct Args {
+    /// Configuration file (TOML; see config/blockvaultd.toml). Default: the built-in config.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to listen on, overriding the config (port 0 picks a free port; the bound
+    /// address is written to <data-dir>/listen.addr).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Data directory, overriding the config.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("blockvaultd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(p) => Config::load(p).map_err(anyhow::Error::msg)?,
+        None => Config::default(),
+    };
+    if let Some(l) = args.listen {
+        config.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
+        .context("log filter")?;
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let listen = config.listen;
+        let daemon = tokio::task::spawn_blocking(move || Daemon::open(config)).await??;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        daemon.serve(listener, shutdown_signal()).await
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Assembling and running the daemon: data directory, store, engine, control plane, gRPC server
+//! (with health and reflection), and clean shutdown.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use blockvault_engine::{Engine, EngineOptions};
+use blockvault_proto::v1::backups_server::BackupsServer;
+use blockvault_proto::v1::jobs_server::JobsServer;
+use blockvault_proto::v1::volumes_server::VolumesServer;
+use tokio::net::TcpListener;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+
+use crate::api::Api;
+use crate::auth::{load_or_create_admin_token, Auth};
+use crate::config::Config;
+use crate::control::Control;
+
+/// File in the data directory holding the address the server bound.
+pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+
+/// How long shutdown waits for suspended jobs to stop.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+
+/// An opened daemon, ready to serve.
+pub struct Daemon {
+    control: Arc<Control>,
+    auth: Auth,
+    config: Config,
+    admin_token: String,
+}
+
+impl Daemon {
+    /// Opens (creating on first start) the data directory, store, keys and control database.
+    /// Blocking.
+    pub fn open(mut config: Config) -> Result<Daemon> {
+        // Paths recorded in rows (volumes created by restores) must not depend on the working
+        // directory of a later start.
+        config.data_dir = std::path::absolute(&config.data_dir)?;
+        if let Some(r) = &config.restore_dir {
+            config.restore_dir = Some(std::path::absolute(r)?);
+        }
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("data directory {}", dir.display()))?;
+        let _ = std::fs::remove_file(dir.join(LISTEN_ADDR_FILE));
+        let admin_token = load_or_create_admin_token(dir)
+            .with_context(|| format!("admin token in {}", dir.display()))?;
+        let store_dir = dir.join("store");
+        let key_file = std::path::absolute(config.key_file())?;
+        if !store_dir.join(blockvault_store::CONFIG_FILE).exists() {
+            Engine::init(&store_dir, config.store_config(), Some(&key_file))
+                .with_context(|| format!("creating the store in {}", store_dir.display()))?;
+            tracing::info!(store = %store_dir.display(), "created the chunk store");
+        }
+        let engine = Engine::open(
+            &store_dir,
+            EngineOptions {
+                threads: config.engine.threads,
+                max_bytes_in_flight: config.engine.max_in_flight_mib << 20,
+                key_file: Some(key_file),
+            },
+        )
+        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+        let control = Control::open(
+            Arc::new(engine),
+            &dir.join("control"),
+            config.jobs.concurrency,
+            config.restore_dir(),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("opening the control database")?;
+        let auth = Auth::new(&config.tokens, &admin_token);
+        Ok(Daemon {
+            control,
+            auth,
+            config,
+            admin_token,
+        })
+    }
+
+    /// The control plane.
+    pub fn control(&self) -> &Arc<Control> {
+        &self.control
+    }
+
+    /// The generated admin token.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then shuts down cleanly: stops accepting,
+    /// suspends running jobs back to the queue, and flushes the databases.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let addr = listener.local_addr()?;
+        write_listen_addr(&self.config.data_dir, addr)?;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<VolumesServer<Api>>().await;
+        reporter.set_serving::<BackupsServer<Api>>().await;
+        reporter.set_serving::<JobsServer<Api>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(blockvault_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("reflection service")?;
+        let api = Api::new(self.control.clone());
+        let auth = self.auth.clone();
+        let check = move |req| auth.intercept(req);
+        let mut builder = Server::builder();
+        if let Some(tls) = &self.config.tls {
+            let cert = std::fs::read(&tls.cert_file)
+                .with_context(|| format!("TLS certificate {}", tls.cert_file.display()))?;
+            let key = std::fs::read(&tls.key_file)
+                .with_context(|| format!("TLS key {}", tls.key_file.display()))?;
+            builder = builder
+                .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+                .context("TLS configuration")?;
+        }
+        let router = builder
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(VolumesServer::with_interceptor(api.clone(), check.clone()))
+            .add_service(BackupsServer::with_interceptor(api.clone(), check.clone()))
+            .add_service(JobsServer::with_interceptor(api, check));
+
+        let control = self.control.clone();
+        tokio::task::spawn_blocking({
+            let c = control.clone();
+            move || c.dispatch()
+        })
+        .await?;
+        let saver = tokio::spawn({
+            let c = control.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let c = c.clone();
+                    let _ = tokio::task::spawn_blocking(move || c.save_progress()).await;
+                }
+            }
+        });
+        tracing::info!(%addr, tls = self.config.tls.is_some(), "blockvaultd serving");
+        let stopping = {
+            let c = control.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new calls, suspending running jobs");
+                reporter.set_not_serving::<VolumesServer<Api>>().await;
+                reporter.set_not_serving::<BackupsServer<Api>>().await;
+                reporter.set_not_serving::<JobsServer<Api>>().await;
+                c.begin_shutdown();
+            }
+        };
+        let served = router
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stopping,
+            )
+            .await;
+        saver.abort();
+        tokio::task::spawn_blocking(move || control.finish_shutdown(SHUTDOWN_WAIT)).await?;
+        tracing::info!("blockvaultd stopped");
+        served.context("gRPC server")
+    }
+}
+
+fn write_listen_addr(dir: &Path, addr: SocketAddr) -> Result<()> {
+    let tmp = dir.join(format!("{LISTEN_ADDR_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, dir.join(LISTEN_ADDR_FILE))?;
+    Ok(())
+}
+
+/// A daemon running on a tokio task (tests, benches, embedding).
+pub struct Running {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The admin token.
+    pub admin_token: String,
+    /// The control plane (for inspection).
+    pub control: Arc<Control>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// `http://addr`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Shuts the daemon down cleanly and waits for it.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+/// Opens and starts a daemon on `config.listen` (port 0 picks a free port).
+pub async fn start(config: Config) -> Result<Running> {
+    let listen = config.listen;
+    let daemon = tokio::task::spawn_blocking(move || Daemon::open(config)).await??;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_token = daemon.admin_token().to_string();
+    let control = daemon.control().clone();
+    let task = tokio::spawn(daemon.serve(listener, async move {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        addr,
+        admin_token,
+        control,
+        stop: Some(tx),
+        task,
+    })
+}

@@ -1,0 +1,223 @@
+//! Shared helpers: a real daemon on 127.0.0.1:0 and generated tonic clients.
+#![allow(dead_code)]
+use std::path::{Path, PathBuf};
+
+use blockvault_daemon::config::{Role, TokenConfig};
+use blockvault_daemon::{Config, Running};
+use blockvault_proto::v1 as pb;
+use pb::backups_client::BackupsClient;
+use pb::jobs_client::JobsClient;
+use pb::volumes_client::VolumesClient;
+use rand::{RngCore, SeedableRng};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// Adds `x-auth-token` to every call (or nothing, for unauthenticated tests).
+#[derive(Clone)]
+pub struct Token(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Token {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert("x-auth-token", t.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Svc = InterceptedService<Channel, Token>;
+
+/// Clients of the three services with one token.
+#[derive(Clone)]
+pub struct Client {
+    pub volumes: VolumesClient<Svc>,
+    pub backups: BackupsClient<Svc>,
+    pub jobs: JobsClient<Svc>,
+}
+
+pub async fn connect(endpoint: &str, token: Option<&str>) -> Client {
+    let ch = Channel::from_shared(endpoint.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let t = Token(token.map(|t| t.parse().unwrap()));
+    Client {
+        volumes: VolumesClient::with_interceptor(ch.clone(), t.clone()),
+        backups: BackupsClient::with_interceptor(ch.clone(), t.clone()),
+        jobs: JobsClient::with_interceptor(ch, t),
+    }
+}
+
+/// A test config: port 0, data in `dir`, small in-flight budget.
+pub fn config(dir: &Path, tokens: Vec<TokenConfig>) -> Config {
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        tokens,
+        ..Default::default()
+    };
+    c.engine.threads = 2;
+    c
+}
+
+pub async fn start(dir: &Path) -> Running {
+    blockvault_daemon::start(config(dir, vec![])).await.unwrap()
+}
+
+pub fn token(token: &str, project: &str, user: &str, role: Role) -> TokenConfig {
+    TokenConfig {
+        token: token.into(),
+        project: project.into(),
+        user: user.into(),
+        role,
+    }
+}
+
+/// Writes a volume image: random data with some all-zero stretches.
+pub fn make_image(path: &Path, size: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut data = vec![0u8; size];
+    rng.fill_bytes(&mut data);
+    let mut off = 0;
+    while off < size {
+        let z = (size / 8).min(size - off);
+        data[off..off + z / 2].fill(0);
+        off += z.max(1) * 3;
+    }
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// Registers `path` as a volume.
+pub async fn register(c: &mut Client, path: &Path, name: &str) -> pb::Volume {
+    use std::os::unix::ffi::OsStrExt;
+    c.volumes
+        .register(pb::RegisterVolumeRequest {
+            name: name.into(),
+            path: path.as_os_str().as_bytes().to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Watches a job to its end and returns its last state.
+pub async fn wait_job(c: &mut Client, job_id: &str) -> pb::Job {
+    let mut s = c
+        .jobs
+        .watch(pb::WatchJobRequest {
+            job_id: job_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(j) = s.message().await.unwrap() {
+        last = Some(j);
+    }
+    let last = last.expect("watch sent at least one message");
+    assert!(
+        ["succeeded", "failed", "cancelled"].contains(&last.state.as_str()),
+        "{last:?}"
+    );
+    last
+}
+
+/// Creates a backup and waits for its job to succeed; returns the finished backup.
+pub async fn backup(c: &mut Client, volume: &str, name: &str, incremental: bool) -> pb::Backup {
+    let r = c
+        .backups
+        .create(pb::CreateBackupRequest {
+            volume_id: volume.into(),
+            name: name.into(),
+            incremental,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let job = wait_job(c, &r.job_id).await;
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    get_backup(c, &r.backup.unwrap().id).await
+}
+
+pub async fn get_backup(c: &mut Client, id: &str) -> pb::Backup {
+    c.backups
+        .get(pb::GetBackupRequest {
+            backup_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Restores and waits; returns (volume, final job).
+pub async fn restore(
+    c: &mut Client,
+    backup: &str,
+    volume: &str,
+    name: &str,
+) -> (pb::Volume, pb::Job) {
+    let r = c
+        .backups
+        .restore(pb::RestoreBackupRequest {
+            backup_id: backup.into(),
+            volume_id: volume.into(),
+            name: name.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let job = wait_job(c, &r.job_id).await;
+    let v = c
+        .volumes
+        .get(pb::GetVolumeRequest {
+            volume_id: r.volume_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (v, job)
+}
+
+pub fn path_of(v: &pb::Volume) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(&v.path))
+}
+
+/// Asserts a call failed with `code`.
+pub fn assert_code<T: std::fmt::Debug>(r: Result<T, Status>, code: Code) -> Status {
+    match r {
+        Ok(v) => panic!("expected {code:?}, got {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "{s:?}");
+            s
+        }
+    }
+}
+
+/// Asserts two files hold the same bytes.
+pub fn assert_same(a: &Path, expected: &[u8]) {
+    let got = std::fs::read(a).unwrap();
+    assert_eq!(got.len(), expected.len(), "{}", a.display());
+    assert!(got == expected, "{} differs", a.display());
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}

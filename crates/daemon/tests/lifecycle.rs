@@ -1,0 +1,264 @@
+//! The full lifecycle through a real daemon and the generated client: register, full and
+//! incremental backups, restores to new and existing volumes (byte-exact), update, the
+//! dependents rule on delete, and export/import between two daemons sharing a copy of the store.
+mod common;
+
+use blockvault_proto::v1 as pb;
+use common::*;
+use tonic::Code;
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_incremental_restore_update_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&dir.path().join("data")).await;
+    let mut c = connect(&d.endpoint(), Some(&d.admin_token)).await;
+
+    let img = dir.path().join("vol.img");
+    let v1 = make_image(&img, 24 * MIB + 4096, 1);
+    let vol = register(&mut c, &img, "vol").await;
+    assert_eq!(vol.size_bytes as usize, v1.len());
+    assert_eq!(vol.size, 1);
+    assert_eq!(vol.status, "available");
+
+    // An incremental needs a full backup first.
+    let r = c
+        .backups
+        .create(pb::CreateBackupRequest {
+            volume_id: vol.id.clone(),
+            incremental: true,
+            ..Default::default()
+        })
+        .await;
+    assert_code(r, Code::FailedPrecondition);
+
+    let full = backup(&mut c, &vol.id, "full", false).await;
+    assert_eq!(full.status, "available");
+    assert!(!full.is_incremental);
+    assert_eq!(full.size_bytes as usize, v1.len());
+    assert!(full.object_count > 0);
+    assert!(!full.data_timestamp.is_empty());
+    assert!(full.encryption_key_id.is_none());
+    assert_eq!(full.project_id, "admin");
+
+    // Change 1 MiB and take an incremental.
+    let mut v2 = v1.clone();
+    v2[3 * MIB..4 * MIB].fill(0xAB);
+    std::fs::write(&img, &v2).unwrap();
+    let incr = backup(&mut c, &vol.id, "incr", true).await;
+    assert!(incr.is_incremental);
+    assert_eq!(incr.parent_id, full.id);
+    assert!(incr.stored_bytes < full.stored_bytes / 4, "{incr:?}");
+    assert!(get_backup(&mut c, &full.id).await.has_dependent_backups);
+
+    // Restore the incremental to a new volume.
+    let (nv, job) = restore(&mut c, &incr.id, "", "r1").await;
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(nv.name, "r1");
+    assert_eq!(nv.status, "available");
+    assert_same(&path_of(&nv), &v2);
+
+    // Restore the full backup to an existing, registered volume.
+    let tgt = dir.path().join("target.img");
+    std::fs::write(&tgt, vec![7u8; v1.len() + 8192]).unwrap();
+    let tv = register(&mut c, &tgt, "target").await;
+    let (tv2, job) = restore(&mut c, &full.id, &tv.id, "ignored").await;
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_eq!(tv2.id, tv.id);
+    assert_eq!(tv2.status, "available");
+    let got = std::fs::read(&tgt).unwrap();
+    assert!(got[..v1.len()] == v1[..], "existing-volume restore differs");
+    assert_eq!(get_backup(&mut c, &full.id).await.status, "available");
+
+    // A target smaller than the backup is refused.
+    let small = dir.path().join("small.img");
+    std::fs::write(&small, vec![0u8; MIB]).unwrap();
+    let sv = register(&mut c, &small, "small").await;
+    let r = c
+        .backups
+        .restore(pb::RestoreBackupRequest {
+            backup_id: full.id.clone(),
+            volume_id: sv.id.clone(),
+            name: String::new(),
+        })
+        .await;
+    assert!(assert_code(r, Code::FailedPrecondition)
+        .message()
+        .contains("needs"));
+
+    // In-use volumes need force.
+    c.volumes
+        .update(pb::UpdateVolumeRequest {
+            volume_id: vol.id.clone(),
+            status: Some("in-use".into()),
+            name: None,
+        })
+        .await
+        .unwrap();
+    let r = c
+        .backups
+        .create(pb::CreateBackupRequest {
+            volume_id: vol.id.clone(),
+            ..Default::default()
+        })
+        .await;
+    assert_code(r, Code::FailedPrecondition);
+    let forced = c
+        .backups
+        .create(pb::CreateBackupRequest {
+            volume_id: vol.id.clone(),
+            force: true,
+            name: "forced".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(forced.backup.as_ref().unwrap().status, "creating");
+    assert_eq!(wait_job(&mut c, &forced.job_id).await.state, "succeeded");
+
+    // Update name, description and metadata.
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("tier".to_string(), "gold".to_string());
+    let up = c
+        .backups
+        .update(pb::UpdateBackupRequest {
+            backup_id: incr.id.clone(),
+            name: Some("renamed".into()),
+            description: Some("after the change".into()),
+            metadata: Some(pb::Metadata { items: meta }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(up.name, "renamed");
+    assert_eq!(up.description, "after the change");
+    assert_eq!(up.metadata.get("tier").map(String::as_str), Some("gold"));
+    let again = get_backup(&mut c, &incr.id).await;
+    assert_eq!(again.name, "renamed");
+    assert!(again.updated_at >= again.created_at);
+
+    // Delete: the full backup has a dependent incremental.
+    let del = |id: &str| pb::DeleteBackupRequest {
+        backup_id: id.into(),
+    };
+    let r = c.backups.delete(del(&full.id)).await;
+    assert!(assert_code(r, Code::FailedPrecondition)
+        .message()
+        .contains("dependent"));
+    c.backups.delete(del(&incr.id)).await.unwrap();
+    assert_code(
+        c.backups
+            .get(pb::GetBackupRequest {
+                backup_id: incr.id.clone(),
+            })
+            .await,
+        Code::NotFound,
+    );
+    c.backups.delete(del(&full.id)).await.unwrap();
+    let left = c
+        .backups
+        .list(pb::ListBackupsRequest {
+            detail: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(left.backups.len(), 1);
+    assert_eq!(left.backups[0].name, "forced");
+    d.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_on_one_daemon_import_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_dir = dir.path().join("a");
+    let a = start(&a_dir).await;
+    let mut ca = connect(&a.endpoint(), Some(&a.admin_token)).await;
+    let img = dir.path().join("vol.img");
+    let data = make_image(&img, 12 * MIB, 5);
+    let vol = register(&mut ca, &img, "vol").await;
+    let b1 = backup(&mut ca, &vol.id, "exported", false).await;
+    let rec = ca
+        .backups
+        .export_record(pb::ExportRecordRequest {
+            backup_id: b1.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rec.backup_service, "blockvault.chunkstore");
+    // Importing into the daemon that has it: ALREADY_EXISTS.
+    assert_code(
+        ca.backups.import_record(rec.clone()).await,
+        Code::AlreadyExists,
+    );
+    a.stop().await.unwrap();
+
+    // Daemon B gets a copy of A's store (and master key), but its own control database.
+    let b_dir = dir.path().join("b");
+    copy_dir(&a_dir.join("store"), &b_dir.join("store"));
+    std::fs::copy(a_dir.join("master.key"), b_dir.join("master.key")).unwrap();
+    let b = start(&b_dir).await;
+    let mut cb = connect(&b.endpoint(), Some(&b.admin_token)).await;
+    assert_code(
+        cb.backups
+            .get(pb::GetBackupRequest {
+                backup_id: b1.id.clone(),
+            })
+            .await,
+        Code::NotFound,
+    );
+
+    // A tampered record is refused.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let raw = String::from_utf8(b64.decode(&rec.backup_url).unwrap()).unwrap();
+    let forged = raw.replace("exported", "forged!!");
+    assert_ne!(raw, forged);
+    let bad = pb::BackupRecord {
+        backup_service: rec.backup_service.clone(),
+        backup_url: b64.encode(forged),
+    };
+    let s = assert_code(cb.backups.import_record(bad).await, Code::InvalidArgument);
+    assert!(s.message().contains("checksum"), "{s:?}");
+    let garbage = pb::BackupRecord {
+        backup_service: rec.backup_service.clone(),
+        backup_url: "not base64 at all!".into(),
+    };
+    assert_code(
+        cb.backups.import_record(garbage).await,
+        Code::InvalidArgument,
+    );
+
+    let imported = cb
+        .backups
+        .import_record(rec.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(imported.id, b1.id);
+    assert_eq!(imported.status, "available");
+    assert_eq!(imported.name, "exported");
+    assert_eq!(imported.size_bytes, b1.size_bytes);
+    assert_code(
+        cb.backups.import_record(rec.clone()).await,
+        Code::AlreadyExists,
+    );
+    let (nv, job) = restore(&mut cb, &b1.id, "", "on-b").await;
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_same(&path_of(&nv), &data);
+    b.stop().await.unwrap();
+
+    // A daemon with a different store refuses the record.
+    let c = start(&dir.path().join("c")).await;
+    let mut cc = connect(&c.endpoint(), Some(&c.admin_token)).await;
+    let s = assert_code(
+        cc.backups.import_record(rec).await,
+        Code::FailedPrecondition,
+    );
+    assert!(s.message().contains("store"), "{s:?}");
+    c.stop().await.unwrap();
+}
