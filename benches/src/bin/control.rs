@@ -182,6 +182,38 @@ fn report(name: &str, rate: f64, lat: &[Duration]) {
     );
 }
 
+/// Seconds of a full backup of `image` through a fresh daemon (Create until the job ends).
+async fn daemon_backup(work: &Path, image: &Path, run: usize) -> Result<f64> {
+    let ddir = work.join(format!("daemon-{run}"));
+    let _ = std::fs::remove_dir_all(&ddir);
+    let d = blockvault_daemon::start(config(&ddir)).await?;
+    let mut c = connect(&d.endpoint(), &d.admin_token).await?;
+    let v = register(&mut c, image).await?;
+    let secs = backup(&mut c, &v).await?;
+    d.stop().await?;
+    std::fs::remove_dir_all(&ddir)?;
+    Ok(secs)
+}
+
+/// Seconds of `Engine::backup` of `image` into a fresh store.
+async fn library_backup(work: &Path, image: &Path, run: usize) -> Result<f64> {
+    let sdir = work.join(format!("lib-{run}"));
+    let _ = std::fs::remove_dir_all(&sdir);
+    let cfg = config(&sdir);
+    let image = image.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<f64> {
+        Engine::init(&sdir, cfg.store_config(), None)?;
+        let e = Engine::open(&sdir, EngineOptions::default())?;
+        let t = Instant::now();
+        e.backup(BackupOptions::new(VolumeId::new("v")?, image))?;
+        let s = t.elapsed().as_secs_f64();
+        drop(e);
+        std::fs::remove_dir_all(&sdir)?;
+        Ok(s)
+    })
+    .await?
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -299,32 +331,14 @@ async fn main() -> Result<()> {
     let mut via_daemon = Vec::new();
     let mut via_lib = Vec::new();
     for run in 0..args.runs {
-        let ddir = work.join(format!("daemon-{run}"));
-        let _ = std::fs::remove_dir_all(&ddir);
-        let d = blockvault_daemon::start(config(&ddir)).await?;
-        let mut c = connect(&d.endpoint(), &d.admin_token).await?;
-        let v = register(&mut c, &args.image).await?;
-        let secs = backup(&mut c, &v).await?;
-        via_daemon.push(size as f64 / secs / 1e6);
-        d.stop().await?;
-        std::fs::remove_dir_all(&ddir)?;
-
-        let sdir = work.join(format!("lib-{run}"));
-        let _ = std::fs::remove_dir_all(&sdir);
-        let cfg = config(&sdir);
-        let image = args.image.clone();
-        let secs = tokio::task::spawn_blocking(move || -> Result<f64> {
-            Engine::init(&sdir, cfg.store_config(), None)?;
-            let e = Engine::open(&sdir, EngineOptions::default())?;
-            let t = Instant::now();
-            e.backup(BackupOptions::new(VolumeId::new("v")?, image))?;
-            let s = t.elapsed().as_secs_f64();
-            drop(e);
-            std::fs::remove_dir_all(&sdir)?;
-            Ok(s)
-        })
-        .await??;
-        via_lib.push(size as f64 / secs / 1e6);
+        // Alternate which goes first, so neither always runs on a warmer machine.
+        if run % 2 == 0 {
+            via_daemon.push(size as f64 / daemon_backup(&work, &args.image, run).await? / 1e6);
+            via_lib.push(size as f64 / library_backup(&work, &args.image, run).await? / 1e6);
+        } else {
+            via_lib.push(size as f64 / library_backup(&work, &args.image, run).await? / 1e6);
+            via_daemon.push(size as f64 / daemon_backup(&work, &args.image, run).await? / 1e6);
+        }
         eprintln!(
             "run {run}: daemon {:.0} MB/s, library {:.0} MB/s",
             via_daemon[run], via_lib[run]

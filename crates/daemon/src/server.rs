@@ -160,7 +160,10 @@ impl Daemon {
         };
         let served = router
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                // No Nagle: small answers must not wait for the peer's delayed ACK (~40 ms).
+                tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(60))),
                 stopping,
             )
             .await;
