@@ -92,6 +92,22 @@ struct Changes {
 }
 
 impl Changes {
+    /// One volume row.
+    fn volume(v: VolumeRow) -> Changes {
+        Changes {
+            volumes: vec![v],
+            ..Default::default()
+        }
+    }
+
+    /// One backup row.
+    fn backup(b: BackupRow) -> Changes {
+        Changes {
+            backups: vec![b],
+            ..Default::default()
+        }
+    }
+
     /// Writes durably, then applies in memory.
     fn commit(self, db: &ControlDb, st: &mut State) -> Result<(), Status> {
         let mut t = db.txn();
@@ -309,11 +325,7 @@ impl Control {
                 "volume {id} already exists"
             )));
         }
-        Changes {
-            volumes: vec![row.clone()],
-            ..Default::default()
-        }
-        .commit(&self.db, &mut st)?;
+        Changes::volume(row.clone()).commit(&self.db, &mut st)?;
         tracing::info!(volume = %id, path = %path_os.to_string_lossy(), size, encrypted, "volume registered");
         Ok(row)
     }
@@ -379,11 +391,7 @@ impl Control {
             v.idle_status = new;
         }
         v.updated_at = now();
-        Changes {
-            volumes: vec![v.clone()],
-            ..Default::default()
-        }
-        .commit(&self.db, &mut st)?;
+        Changes::volume(v.clone()).commit(&self.db, &mut st)?;
         Ok(v)
     }
 
@@ -653,11 +661,7 @@ impl Control {
             b.metadata = m;
         }
         b.updated_at = now();
-        Changes {
-            backups: vec![b.clone()],
-            ..Default::default()
-        }
-        .commit(&self.db, &mut st)?;
+        Changes::backup(b.clone()).commit(&self.db, &mut st)?;
         let dependent = st.backups.values().any(|o| o.parent_id == Some(id));
         Ok((b, dependent))
     }
@@ -684,11 +688,7 @@ impl Control {
             }
             b.status = BackupStatus::Deleting;
             b.updated_at = now();
-            Changes {
-                backups: vec![b],
-                ..Default::default()
-            }
-            .commit(&self.db, &mut st)?;
+            Changes::backup(b).commit(&self.db, &mut st)?;
         }
         match self.finish_delete(id) {
             Some(reason) => Err(Status::internal(format!(
@@ -719,10 +719,7 @@ impl Control {
                 b.status = BackupStatus::ErrorDeleting;
                 b.fail_reason = Some(reason.clone());
                 b.updated_at = now();
-                Changes {
-                    backups: vec![b],
-                    ..Default::default()
-                }
+                Changes::backup(b)
             }
         };
         if let Err(e) = outcome.commit(&self.db, &mut st) {
@@ -886,11 +883,7 @@ impl Control {
         b.job_id = None;
         b.fail_reason = None;
         b.updated_at = now();
-        Changes {
-            backups: vec![b.clone()],
-            ..Default::default()
-        }
-        .commit(&self.db, &mut st)?;
+        Changes::backup(b.clone()).commit(&self.db, &mut st)?;
         Ok(b)
     }
 

@@ -262,3 +262,44 @@ async fn export_on_one_daemon_import_on_another() {
     assert!(s.message().contains("store"), "{s:?}");
     c.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_volume_reports_its_key_id() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&dir.path().join("data")).await;
+    let mut c = connect(&d.endpoint(), Some(&d.admin_token)).await;
+    let img = dir.path().join("secret.img");
+    let data = make_image(&img, 6 * MIB, 8);
+    let vol = c
+        .volumes
+        .register(pb::RegisterVolumeRequest {
+            name: "secret".into(),
+            path: img.as_os_str().as_bytes().to_vec(),
+            encrypted: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(vol.encrypted);
+    let key_id = vol
+        .encryption_key_id
+        .clone()
+        .expect("encrypted volume has a key id");
+    uuid::Uuid::parse_str(&key_id).unwrap();
+    let b = backup(&mut c, &vol.id, "enc", false).await;
+    assert_eq!(b.encryption_key_id.as_deref(), Some(key_id.as_str()));
+    let (nv, job) = restore(&mut c, &b.id, "", "").await;
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_same(&path_of(&nv), &data);
+
+    // A plain volume reports none.
+    let plain = dir.path().join("plain.img");
+    make_image(&plain, MIB, 2);
+    let pv = register(&mut c, &plain, "plain").await;
+    assert!(pv.encryption_key_id.is_none());
+    let pb_ = backup(&mut c, &pv.id, "plain", false).await;
+    assert!(pb_.encryption_key_id.is_none());
+    d.stop().await.unwrap();
+}
