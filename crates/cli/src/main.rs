@@ -4,7 +4,8 @@
 //! daemon. The CLI is thin: it parses flags, builds options, calls the engine, and prints the
 //! result (text, or JSON with `--json`). Progress bars are drawn only when stderr is a terminal.
 //!
-//! `blockvault volume|backup|job ...` drive a running `blockvaultd` over gRPC (see `remote`).
+//! `blockvault volume|backup|job ...` drive a running `blockvaultd` over gRPC (see `remote`);
+//! `blockvault vault|policy ...` manage its vaults and backup policies (see `vault`).
 //!
 //! Exit status: 0 success, 1 error, 3 `verify` found damage.
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use blockvault_store::StoreConfig;
 use clap::{Args, Parser, Subcommand};
 
 mod remote;
+mod vault;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +43,10 @@ enum Top {
     Backup(remote::BackupArgs),
     /// Show, follow and cancel blockvaultd's background jobs.
     Job(remote::JobArgs),
+    /// Manage vaults: capacity, usage threshold, bound resources, backup policy, lock.
+    Vault(vault::VaultArgs),
+    /// Manage backup policies: schedule, full-backup cadence and retention.
+    Policy(vault::PolicyArgs),
 }
 
 #[derive(Args)]
@@ -242,6 +248,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Top::Volume(a) => return remote::run(remote::Remote::Volume(a)),
         Top::Backup(a) => return remote::run(remote::Remote::Backup(a)),
         Top::Job(a) => return remote::run(remote::Remote::Job(a)),
+        Top::Vault(a) => return remote::run(remote::Remote::Vault(a)),
+        Top::Policy(a) => return remote::run(remote::Remote::Policy(a)),
     };
     match cmd {
         Local::Init {

@@ -1,4 +1,5 @@
-//! `blockvault volume|backup|job ...`: drive a running `blockvaultd` over gRPC.
+//! `blockvault volume|backup|job ...`: drive a running `blockvaultd` over gRPC. The vault and
+//! policy commands (`crate::vault`) share the connection, error and output helpers defined here.
 //!
 //! Every call carries the caller's token in the `x-auth-token` metadata entry. The endpoint and
 //! the token default to the files the daemon writes into its data directory (`listen.addr`,
@@ -17,12 +18,13 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use blockvault_proto::v1::{
-    backups_client::BackupsClient, jobs_client::JobsClient, volumes_client::VolumesClient, Backup,
-    BackupRecord, BackupSummary, CancelJobRequest, CreateBackupRequest, CreateBackupResponse,
+    backups_client::BackupsClient, jobs_client::JobsClient, policies_client::PoliciesClient,
+    vaults_client::VaultsClient, volumes_client::VolumesClient, Backup, BackupRecord,
+    BackupSummary, CancelJobRequest, CreateBackupRequest, CreateBackupResponse,
     DeleteBackupRequest, ExportRecordRequest, GetBackupRequest, GetJobRequest, GetVolumeRequest,
     Job, ListBackupsRequest, ListBackupsResponse, ListJobsRequest, ListVolumesRequest, Metadata,
-    RegisterVolumeRequest, RestoreBackupRequest, RestoreBackupResponse, UnregisterVolumeRequest,
-    UpdateBackupRequest, UpdateVolumeRequest, Volume, WatchJobRequest,
+    RegisterVolumeRequest, RestoreBackupRequest, RestoreBackupResponse, Tag,
+    UnregisterVolumeRequest, UpdateBackupRequest, UpdateVolumeRequest, Volume, WatchJobRequest,
 };
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
@@ -31,6 +33,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+use crate::vault::{PolicyArgs, VaultArgs};
 use crate::{human, print_json};
 
 /// Port the daemon listens on by default.
@@ -65,7 +68,7 @@ pub struct Conn {
     data_dir: PathBuf,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// `blockvault volume ...`.
@@ -112,6 +115,12 @@ enum VolumeCmd {
         /// Encrypt the volume's backups under a per-volume data key.
         #[arg(long)]
         encrypted: bool,
+        /// Tag (repeatable, at most 10, unique keys); vault bind rules match tags.
+        #[arg(long = "tag", value_name = "K=V", value_parser = parse_kv)]
+        tags: Vec<(String, String)>,
+        /// The server this volume belongs to (vault server resources group its volumes).
+        #[arg(long, value_name = "S")]
+        server_id: Option<String>,
     },
     /// List the project's volumes.
     List {
@@ -124,7 +133,7 @@ enum VolumeCmd {
         /// UUID of the volume.
         id: String,
     },
-    /// Rename a volume or set its status.
+    /// Rename a volume, set its status, tags or server.
     Update {
         /// UUID of the volume.
         id: String,
@@ -134,6 +143,15 @@ enum VolumeCmd {
         /// New status.
         #[arg(long, value_name = "S", value_parser = ["available", "in-use"])]
         status: Option<String>,
+        /// Tag (repeatable); the given tags replace all the old ones.
+        #[arg(long = "tag", value_name = "K=V", value_parser = parse_kv)]
+        tags: Vec<(String, String)>,
+        /// Remove all tags (combined with --tag: keep only the given tags).
+        #[arg(long)]
+        clear_tags: bool,
+        /// New server id ("" for none).
+        #[arg(long, value_name = "S")]
+        server_id: Option<String>,
     },
     /// Forget a volume (its device and its backups stay).
     Unregister {
@@ -294,6 +312,10 @@ pub enum Remote {
     Backup(BackupArgs),
     /// `blockvault job ...`.
     Job(JobArgs),
+    /// `blockvault vault ...`.
+    Vault(VaultArgs),
+    /// `blockvault policy ...`.
+    Policy(PolicyArgs),
 }
 
 /// Runs a remote command on a single-threaded tokio runtime.
@@ -307,6 +329,8 @@ pub fn run(cmd: Remote) -> Result<ExitCode> {
             Remote::Volume(a) => volume(&a.conn, a.cmd).await,
             Remote::Backup(a) => backup(&a.conn, a.cmd).await,
             Remote::Job(a) => job(&a.conn, a.cmd).await,
+            Remote::Vault(a) => crate::vault::vault(a).await,
+            Remote::Policy(a) => crate::vault::policy(a).await,
         }
     })
 }
@@ -315,7 +339,7 @@ pub fn run(cmd: Remote) -> Result<ExitCode> {
 
 /// Adds the token to every request.
 #[derive(Clone)]
-struct Auth(MetadataValue<Ascii>);
+pub(crate) struct Auth(MetadataValue<Ascii>);
 
 impl tonic::service::Interceptor for Auth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
@@ -326,13 +350,15 @@ impl tonic::service::Interceptor for Auth {
 }
 
 /// A channel wrapped with the token interceptor.
-type Svc = InterceptedService<Channel, Auth>;
+pub(crate) type Svc = InterceptedService<Channel, Auth>;
 
-/// The three service clients, sharing one connection.
-struct Clients {
+/// The service clients, sharing one connection.
+pub(crate) struct Clients {
     volumes: VolumesClient<Svc>,
     backups: BackupsClient<Svc>,
     jobs: JobsClient<Svc>,
+    pub(crate) vaults: VaultsClient<Svc>,
+    pub(crate) policies: PoliciesClient<Svc>,
 }
 
 /// The endpoint URL: `--endpoint`, else `<data-dir>/listen.addr`, else the default port.
@@ -396,7 +422,7 @@ fn token(conn: &Conn) -> Result<String> {
 }
 
 /// Connects to the daemon.
-async fn connect(conn: &Conn) -> Result<Clients> {
+pub(crate) async fn connect(conn: &Conn) -> Result<Clients> {
     let url = endpoint_url(conn)?;
     let token: MetadataValue<Ascii> = token(conn)?
         .parse()
@@ -411,7 +437,9 @@ async fn connect(conn: &Conn) -> Result<Clients> {
     Ok(Clients {
         volumes: VolumesClient::with_interceptor(channel.clone(), auth.clone()),
         backups: BackupsClient::with_interceptor(channel.clone(), auth.clone()),
-        jobs: JobsClient::with_interceptor(channel, auth),
+        jobs: JobsClient::with_interceptor(channel.clone(), auth.clone()),
+        vaults: VaultsClient::with_interceptor(channel.clone(), auth.clone()),
+        policies: PoliciesClient::with_interceptor(channel, auth),
     })
 }
 
@@ -439,12 +467,12 @@ fn code_name(c: Code) -> &'static str {
 }
 
 /// A gRPC status as an error: `CODE_NAME: message`.
-fn grpc(s: Status) -> anyhow::Error {
+pub(crate) fn grpc(s: Status) -> anyhow::Error {
     anyhow!("{}: {}", code_name(s.code()), s.message())
 }
 
 /// Parses `key=value`.
-fn parse_kv(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected KEY=VALUE, got {s:?}")),
@@ -454,10 +482,10 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 // ---------------------------------------------------------------------------------- output
 
 /// A message's fields in display order; rendered as a JSON object or as `key: value` lines.
-type Fields = Vec<(&'static str, Value)>;
+pub(crate) type Fields = Vec<(&'static str, Value)>;
 
 /// The fields as a JSON object.
-fn obj(f: Fields) -> Value {
+pub(crate) fn obj(f: Fields) -> Value {
     Value::Object(f.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
@@ -470,12 +498,45 @@ fn map_json(m: &HashMap<String, String>) -> Value {
     )
 }
 
-/// A JSON value as text: strings bare, null and "" as `-`, objects as `k=v, ...`.
-fn text(v: &Value) -> String {
+/// `key=value` pairs as `Tag`s.
+pub(crate) fn tags(kv: Vec<(String, String)>) -> Vec<Tag> {
+    kv.into_iter()
+        .map(|(key, value)| Tag { key, value })
+        .collect()
+}
+
+/// Tags as JSON, as in the message: `[{"key": k, "value": v}, ...]`.
+pub(crate) fn tags_json(t: &[Tag]) -> Value {
+    Value::Array(
+        t.iter()
+            .map(|t| json!({ "key": t.key, "value": t.value }))
+            .collect(),
+    )
+}
+
+/// A JSON value as text: strings bare, null, "", [] and {} as `-`, objects as `k=v, ...`,
+/// arrays as their items' texts joined by `, ` (a `{"key", "value"}` item as `key=value`).
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) if s.is_empty() => "-".into(),
         Value::String(s) => s.clone(),
+        Value::Array(a) if a.is_empty() => "-".into(),
+        Value::Array(a) => a
+            .iter()
+            .map(
+                |i| match (i.get("key").and_then(Value::as_str), i.get("value")) {
+                    (Some(k), Some(v)) if i.as_object().is_some_and(|m| m.len() == 2) => {
+                        format!(
+                            "{k}={}",
+                            v.as_str().map_or_else(|| v.to_string(), Into::into)
+                        )
+                    }
+                    _ => text(i),
+                },
+            )
+            .collect::<Vec<_>>()
+            .join(", "),
         Value::Object(m) if m.is_empty() => "-".into(),
         Value::Object(m) => m
             .iter()
@@ -492,7 +553,7 @@ fn text(v: &Value) -> String {
 }
 
 /// Prints fields as JSON or as aligned `key: value` lines.
-fn show(f: Fields, json: bool) -> Result<()> {
+pub(crate) fn show(f: Fields, json: bool) -> Result<()> {
     if json {
         return print_json(&obj(f));
     }
@@ -520,6 +581,8 @@ fn volume_fields(v: &Volume) -> Fields {
         ("encrypted", json!(v.encrypted)),
         ("encryption_key_id", opt(&v.encryption_key_id)),
         ("busy_job_id", opt(&v.busy_job_id)),
+        ("tags", tags_json(&v.tags)),
+        ("server_id", json!(v.server_id)),
         ("project_id", json!(v.project_id)),
         ("user_id", json!(v.user_id)),
         ("created_at", json!(v.created_at)),
@@ -616,7 +679,7 @@ fn record_json(r: &BackupRecord) -> Value {
 }
 
 /// Column text: `-` for empty, cut to `w` characters.
-fn cell(s: &str, w: usize) -> String {
+pub(crate) fn cell(s: &str, w: usize) -> String {
     if s.is_empty() {
         "-".into()
     } else if s.chars().count() > w {
@@ -640,6 +703,8 @@ async fn volume(conn: &Conn, cmd: VolumeCmd) -> Result<ExitCode> {
             name,
             id,
             encrypted,
+            tags: t,
+            server_id,
         } => {
             let v = c
                 .register(RegisterVolumeRequest {
@@ -647,6 +712,8 @@ async fn volume(conn: &Conn, cmd: VolumeCmd) -> Result<ExitCode> {
                     name: name.unwrap_or_default(),
                     path: path.as_os_str().as_bytes().to_vec(),
                     encrypted,
+                    tags: tags(t),
+                    server_id: server_id.unwrap_or_default(),
                 })
                 .await
                 .map_err(grpc)?
@@ -693,12 +760,23 @@ async fn volume(conn: &Conn, cmd: VolumeCmd) -> Result<ExitCode> {
                 .into_inner();
             show(volume_fields(&v), json)?;
         }
-        VolumeCmd::Update { id, name, status } => {
+        VolumeCmd::Update {
+            id,
+            name,
+            status,
+            tags: t,
+            clear_tags,
+            server_id,
+        } => {
+            let replace_tags = clear_tags || !t.is_empty();
             let v = c
                 .update(UpdateVolumeRequest {
                     volume_id: id,
                     name,
                     status,
+                    tags: tags(t),
+                    replace_tags,
+                    server_id,
                 })
                 .await
                 .map_err(grpc)?

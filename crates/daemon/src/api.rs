@@ -16,7 +16,9 @@ use tonic::{Request, Response, Status};
 use crate::auth::{caller, Caller};
 use crate::control::{Control, CreateBackup, ListQuery};
 use crate::export;
-use crate::model::{gib_ceil, BackupRow, JobRow, JobState, VolumeRow};
+use crate::model::{gib_ceil, BackupRow, BillingRow, JobRow, JobState, ResourceRow, VolumeRow};
+use crate::policy::PolicySpec;
+use crate::vault::{VaultSpec, VaultUpdate, VaultView};
 
 /// The three services over one control plane.
 #[derive(Clone)]
@@ -69,6 +71,119 @@ fn volume_pb(v: VolumeRow) -> pb::Volume {
         created_at: ts(Some(v.created_at)),
         updated_at: ts(Some(v.updated_at)),
         busy_job_id: v.busy_job.map(|j| j.to_string()),
+        tags: tags_pb(v.tags),
+        server_id: v.server_id,
+    }
+}
+
+fn tags_pb(t: Vec<(String, String)>) -> Vec<pb::Tag> {
+    t.into_iter()
+        .map(|(key, value)| pb::Tag { key, value })
+        .collect()
+}
+
+fn tags_in(t: Vec<pb::Tag>) -> Vec<(String, String)> {
+    t.into_iter().map(|t| (t.key, t.value)).collect()
+}
+
+fn resource_in(r: pb::Resource) -> ResourceRow {
+    ResourceRow {
+        id: r.id,
+        kind: r.r#type,
+        name: r.name,
+        exclude_volumes: r.extra_info.map(|e| e.exclude_volumes).unwrap_or_default(),
+    }
+}
+
+fn billing_in(b: pb::Billing) -> BillingRow {
+    BillingRow {
+        cloud_type: b.cloud_type,
+        consistent_level: b.consistent_level,
+        object_type: b.object_type,
+        protect_type: b.protect_type,
+        size_gb: b.size,
+        charging_mode: b.charging_mode,
+        period_type: b.period_type,
+        period_num: b.period_num,
+        is_auto_renew: b.is_auto_renew,
+        is_auto_pay: b.is_auto_pay,
+        console_url: b.console_url,
+        is_multi_az: b.is_multi_az,
+    }
+}
+
+fn vault_pb(view: VaultView) -> pb::Vault {
+    let v = view.vault;
+    let spec_code = match v.billing.object_type.as_str() {
+        "server" => "vault.backup.server.normal",
+        "turbo" => "vault.backup.turbo.normal",
+        _ => "vault.backup.volume.normal",
+    };
+    let resources = v
+        .resources
+        .into_iter()
+        .zip(view.resources)
+        .map(
+            |(r, (size, backup_size, backup_count, busy))| pb::Resource {
+                id: r.id,
+                r#type: r.kind,
+                name: r.name,
+                extra_info: Some(pb::ResourceExtraInfo {
+                    exclude_volumes: r.exclude_volumes,
+                }),
+                protect_status: if busy { "protecting" } else { "available" }.into(),
+                size: gib_ceil(size) as i64,
+                backup_size: backup_size as i64,
+                backup_count: backup_count as i64,
+            },
+        )
+        .collect();
+    let b = v.billing;
+    pb::Vault {
+        id: v.id.to_string(),
+        name: v.name,
+        description: v.description,
+        billing: Some(pb::Billing {
+            allocated: b.size_gb,
+            used: view.used_bytes.div_ceil(crate::vault::MB) as i64,
+            status: if v.locked { "locked" } else { "available" }.into(),
+            spec_code: spec_code.into(),
+            cloud_type: b.cloud_type,
+            consistent_level: b.consistent_level,
+            object_type: b.object_type,
+            protect_type: b.protect_type,
+            size: b.size_gb,
+            charging_mode: b.charging_mode,
+            period_type: b.period_type,
+            period_num: b.period_num,
+            is_auto_renew: b.is_auto_renew,
+            is_auto_pay: b.is_auto_pay,
+            console_url: b.console_url,
+            is_multi_az: b.is_multi_az,
+        }),
+        resources,
+        tags: tags_pb(v.tags),
+        backup_policy_id: v
+            .backup_policy_id
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        auto_bind: v.auto_bind,
+        bind_rules: Some(pb::VaultBindRules {
+            tags: tags_pb(v.bind_rules),
+        }),
+        auto_expand: v.auto_expand,
+        threshold: v.threshold,
+        smn_notify: v.smn_notify,
+        backup_name_prefix: v.backup_name_prefix,
+        locked: v.locked,
+        created_at: ts(Some(v.created_at)),
+        project_id: v.project_id,
+        user_id: v.user_id,
+        enterprise_project_id: v.enterprise_project_id,
+        provider_id: crate::vault::PROVIDER_ID.into(),
+        demand_billing: v.demand_billing,
+        sys_lock_source_service: v.sys_lock_source_service,
+        threshold_events: v.threshold_events,
     }
 }
 
@@ -153,8 +268,16 @@ impl pb::volumes_server::Volumes for Api {
         req: Request<pb::RegisterVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         self.call(req, |c, who, r| {
-            c.register_volume(who, &r.id, &r.name, &r.path, r.encrypted)
-                .map(volume_pb)
+            c.register_volume(
+                who,
+                &r.id,
+                &r.name,
+                &r.path,
+                r.encrypted,
+                tags_in(r.tags),
+                &r.server_id,
+            )
+            .map(volume_pb)
         })
         .await
     }
@@ -190,8 +313,15 @@ impl pb::volumes_server::Volumes for Api {
         req: Request<pb::UpdateVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         self.call(req, |c, who, r| {
-            c.update_volume(who, &r.volume_id, r.name.as_deref(), r.status.as_deref())
-                .map(volume_pb)
+            c.update_volume(
+                who,
+                &r.volume_id,
+                r.name.as_deref(),
+                r.status.as_deref(),
+                r.replace_tags.then(|| tags_in(r.tags)),
+                r.server_id.as_deref(),
+            )
+            .map(volume_pb)
         })
         .await
     }
@@ -227,6 +357,7 @@ impl pb::backups_server::Backups for Api {
                     metadata: sorted(r.metadata),
                     availability_zone: r.availability_zone,
                     snapshot_id: r.snapshot_id,
+                    at: None,
                 },
             )?;
             Ok(pb::CreateBackupResponse {
@@ -436,5 +567,305 @@ impl pb::jobs_server::Jobs for Api {
     ) -> Result<Response<pb::Job>, Status> {
         self.call(req, |c, who, r| c.cancel_job(who, &r.job_id).map(job_pb))
             .await
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::VaultEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::vaults_server::Vaults for Api {
+    async fn create(
+        &self,
+        req: Request<pb::CreateVaultRequest>,
+    ) -> Result<Response<pb::Vault>, Status> {
+        self.call(req, |c, who, r| {
+            c.create_vault(
+                who,
+                VaultSpec {
+                    name: r.name,
+                    description: r.description,
+                    billing: r.billing.map(billing_in),
+                    resources: r.resources.into_iter().map(resource_in).collect(),
+                    tags: tags_in(r.tags),
+                    backup_policy_id: r.backup_policy_id,
+                    auto_bind: r.auto_bind,
+                    bind_rules: r.bind_rules.map(|b| tags_in(b.tags)).unwrap_or_default(),
+                    auto_expand: r.auto_expand,
+                    threshold: r.threshold,
+                    smn_notify: r.smn_notify,
+                    backup_name_prefix: r.backup_name_prefix,
+                    locked: r.locked,
+                    enterprise_project_id: r.enterprise_project_id,
+                    demand_billing: r.demand_billing,
+                    sys_lock_source_service: r.sys_lock_source_service,
+                },
+            )
+            .map(vault_pb)
+        })
+        .await
+    }
+
+    async fn get(&self, req: Request<pb::GetVaultRequest>) -> Result<Response<pb::Vault>, Status> {
+        self.call(req, |c, who, r| c.get_vault(who, &r.vault_id).map(vault_pb))
+            .await
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListVaultsRequest>,
+    ) -> Result<Response<pb::ListVaultsResponse>, Status> {
+        self.call(req, |c, who, r| {
+            Ok(pb::ListVaultsResponse {
+                vaults: c
+                    .list_vaults(who, r.all_tenants)?
+                    .into_iter()
+                    .map(vault_pb)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        req: Request<pb::UpdateVaultRequest>,
+    ) -> Result<Response<pb::Vault>, Status> {
+        self.call(req, |c, who, r| {
+            c.update_vault(
+                who,
+                &r.vault_id,
+                VaultUpdate {
+                    name: r.name,
+                    description: r.description,
+                    size_gb: r.size,
+                    auto_bind: r.auto_bind,
+                    bind_rules: r.bind_rules.map(|b| tags_in(b.tags)),
+                    auto_expand: r.auto_expand,
+                    threshold: r.threshold,
+                    smn_notify: r.smn_notify,
+                    backup_name_prefix: r.backup_name_prefix,
+                    locked: r.locked,
+                    backup_policy_id: r.backup_policy_id,
+                    tags: r.replace_tags.then(|| tags_in(r.tags)),
+                },
+            )
+            .map(vault_pb)
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteVaultRequest>,
+    ) -> Result<Response<pb::DeleteVaultResponse>, Status> {
+        self.call(req, |c, who, r| {
+            c.delete_vault(who, &r.vault_id)
+                .map(|()| pb::DeleteVaultResponse {})
+        })
+        .await
+    }
+
+    async fn add_resources(
+        &self,
+        req: Request<pb::AddResourcesRequest>,
+    ) -> Result<Response<pb::Vault>, Status> {
+        self.call(req, |c, who, r| {
+            c.add_resources(
+                who,
+                &r.vault_id,
+                r.resources.into_iter().map(resource_in).collect(),
+            )
+            .map(vault_pb)
+        })
+        .await
+    }
+
+    async fn remove_resources(
+        &self,
+        req: Request<pb::RemoveResourcesRequest>,
+    ) -> Result<Response<pb::Vault>, Status> {
+        self.call(req, |c, who, r| {
+            c.remove_resources(who, &r.vault_id, &r.resource_ids)
+                .map(vault_pb)
+        })
+        .await
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchVaultEventsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let who = caller(&req)?;
+        let only = self
+            .control
+            .check_vault_watch(&who, &req.get_ref().vault_id)?;
+        let mut events = self.control.vault_events();
+        let mut changes = self.control.subscribe();
+        let control = self.control.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    e = events.recv() => match e {
+                        Ok(e) => {
+                            if only.is_some_and(|v| v != e.vault_id) || !who.sees(&e.project_id) {
+                                continue;
+                            }
+                            let msg = pb::VaultEvent {
+                                vault_id: e.vault_id.to_string(),
+                                kind: e.kind.into(),
+                                used_mb: e.used_mb,
+                                capacity_gb: e.capacity_gb,
+                                threshold: e.threshold,
+                                message: e.message,
+                                at: ts(Some(e.at)),
+                            };
+                            if tx.send(Ok(msg)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let _ = tx.send(Err(Status::data_loss(format!("{n} vault events were dropped; watch again")))).await;
+                            break;
+                        }
+                        Err(_) => break,
+                    },
+                    r = changes.changed() => {
+                        if r.is_err() || control.is_shutting_down() {
+                            break;
+                        }
+                    }
+                    _ = tx.closed() => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+fn policy_pb(p: crate::model::PolicyRow) -> pb::Policy {
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    pb::Policy {
+        id: p.id.to_string(),
+        name: p.name,
+        enabled: p.enabled,
+        schedule: Some(pb::Schedule {
+            interval_seconds: p.interval_seconds,
+            days: p
+                .days
+                .iter()
+                .map(|d| DAYS[*d as usize % 7].to_string())
+                .collect(),
+            times: p
+                .times
+                .iter()
+                .map(|m| format!("{:02}:{:02}", m / 60, m % 60))
+                .collect(),
+        }),
+        full_every: p.full_every,
+        retention: Some(pb::Retention {
+            max_backups: p.max_backups,
+            max_days: p.max_days,
+            daily: p.keep_daily,
+            weekly: p.keep_weekly,
+            monthly: p.keep_monthly,
+        }),
+        project_id: p.project_id,
+        created_at: ts(Some(p.created_at)),
+        updated_at: ts(Some(p.updated_at)),
+    }
+}
+
+fn schedule_in(s: pb::Schedule) -> (u64, Vec<String>, Vec<String>) {
+    (s.interval_seconds, s.days, s.times)
+}
+
+fn retention_in(r: pb::Retention) -> crate::policy::RetentionSpec {
+    (r.max_backups, r.max_days, r.daily, r.weekly, r.monthly)
+}
+
+#[tonic::async_trait]
+impl pb::policies_server::Policies for Api {
+    async fn create(
+        &self,
+        req: Request<pb::CreatePolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.call(req, |c, who, r| {
+            c.create_policy(
+                who,
+                &r.id,
+                PolicySpec {
+                    name: Some(r.name),
+                    enabled: Some(r.enabled),
+                    schedule: r.schedule.map(schedule_in),
+                    full_every: Some(r.full_every),
+                    retention: Some(retention_in(r.retention.unwrap_or_default())),
+                },
+            )
+            .map(policy_pb)
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        req: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.call(req, |c, who, r| {
+            c.get_policy(who, &r.policy_id).map(policy_pb)
+        })
+        .await
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        self.call(req, |c, who, r| {
+            Ok(pb::ListPoliciesResponse {
+                policies: c
+                    .list_policies(who, r.all_tenants)?
+                    .into_iter()
+                    .map(policy_pb)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        req: Request<pb::UpdatePolicyRequest>,
+    ) -> Result<Response<pb::Policy>, Status> {
+        self.call(req, |c, who, r| {
+            c.update_policy(
+                who,
+                &r.policy_id,
+                PolicySpec {
+                    name: r.name,
+                    enabled: r.enabled,
+                    schedule: r.schedule.map(schedule_in),
+                    full_every: r.full_every,
+                    retention: r.retention.map(retention_in),
+                },
+            )
+            .map(policy_pb)
+        })
+        .await
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeletePolicyRequest>,
+    ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
+        self.call(req, |c, who, r| {
+            c.delete_policy(who, &r.policy_id)
+                .map(|()| pb::DeletePolicyResponse {})
+        })
+        .await
     }
 }

@@ -45,11 +45,28 @@ const INTERRUPTED: &str =
 const CANCELLED: &str = "cancelled by user";
 
 /// Live progress of a running job.
-#[derive(Default)]
 pub struct JobProgress {
     total: AtomicU64,
     done: AtomicU64,
     stored: AtomicU64,
+    /// Bytes the job may add to the store (its vault's free capacity); beyond it the job is
+    /// cancelled and `over` set.
+    limit: u64,
+    over: AtomicBool,
+    cancel: CancelToken,
+}
+
+impl JobProgress {
+    fn new(limit: u64, cancel: CancelToken) -> JobProgress {
+        JobProgress {
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            stored: AtomicU64::new(0),
+            limit,
+            over: AtomicBool::new(false),
+            cancel,
+        }
+    }
 }
 
 impl Progress for JobProgress {
@@ -60,7 +77,10 @@ impl Progress for JobProgress {
         self.done.fetch_add(bytes, Ordering::Relaxed);
     }
     fn stored(&self, bytes: u64) {
-        self.stored.fetch_add(bytes, Ordering::Relaxed);
+        let now = self.stored.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if now > self.limit && !self.over.swap(true, Ordering::SeqCst) {
+            self.cancel.cancel();
+        }
     }
 }
 
@@ -73,25 +93,39 @@ struct Running {
 }
 
 #[derive(Default)]
-struct State {
-    volumes: HashMap<Uuid, VolumeRow>,
-    backups: HashMap<Uuid, BackupRow>,
-    jobs: HashMap<Uuid, JobRow>,
+pub(crate) struct State {
+    pub(crate) volumes: HashMap<Uuid, VolumeRow>,
+    pub(crate) backups: HashMap<Uuid, BackupRow>,
+    pub(crate) jobs: HashMap<Uuid, JobRow>,
+    pub(crate) vaults: HashMap<Uuid, VaultRow>,
+    pub(crate) policies: HashMap<Uuid, PolicyRow>,
     running: HashMap<Uuid, Running>,
     next_seq: u64,
 }
 
 /// Rows to write together.
 #[derive(Default)]
-struct Changes {
-    volumes: Vec<VolumeRow>,
-    backups: Vec<BackupRow>,
-    jobs: Vec<JobRow>,
-    gone_volumes: Vec<Uuid>,
-    gone_backups: Vec<Uuid>,
+pub(crate) struct Changes {
+    pub(crate) volumes: Vec<VolumeRow>,
+    pub(crate) backups: Vec<BackupRow>,
+    pub(crate) jobs: Vec<JobRow>,
+    pub(crate) vaults: Vec<VaultRow>,
+    pub(crate) policies: Vec<PolicyRow>,
+    pub(crate) gone_volumes: Vec<Uuid>,
+    pub(crate) gone_backups: Vec<Uuid>,
+    pub(crate) gone_vaults: Vec<Uuid>,
+    pub(crate) gone_policies: Vec<Uuid>,
 }
 
 impl Changes {
+    /// One vault row.
+    pub(crate) fn vault(v: VaultRow) -> Changes {
+        Changes {
+            vaults: vec![v],
+            ..Default::default()
+        }
+    }
+
     /// One volume row.
     fn volume(v: VolumeRow) -> Changes {
         Changes {
@@ -109,7 +143,7 @@ impl Changes {
     }
 
     /// Writes durably, then applies in memory.
-    fn commit(self, db: &ControlDb, st: &mut State) -> Result<(), Status> {
+    pub(crate) fn commit(self, db: &ControlDb, st: &mut State) -> Result<(), Status> {
         let mut t = db.txn();
         for v in &self.volumes {
             t.volume(v);
@@ -125,6 +159,18 @@ impl Changes {
         }
         for id in &self.gone_backups {
             t.delete_backup(id);
+        }
+        for v in &self.vaults {
+            t.vault(v);
+        }
+        for p in &self.policies {
+            t.policy(p);
+        }
+        for id in &self.gone_vaults {
+            t.delete_vault(id);
+        }
+        for id in &self.gone_policies {
+            t.delete_policy(id);
         }
         t.commit().map_err(internal)?;
         for v in self.volumes {
@@ -142,6 +188,18 @@ impl Changes {
         for id in self.gone_backups {
             st.backups.remove(&id);
         }
+        for v in self.vaults {
+            st.vaults.insert(v.id, v);
+        }
+        for p in self.policies {
+            st.policies.insert(p.id, p);
+        }
+        for id in self.gone_vaults {
+            st.vaults.remove(&id);
+        }
+        for id in self.gone_policies {
+            st.policies.remove(&id);
+        }
         Ok(())
     }
 }
@@ -158,6 +216,8 @@ pub struct CreateBackup {
     pub metadata: BTreeMap<String, String>,
     pub availability_zone: String,
     pub snapshot_id: String,
+    /// Creation time to record (the policy scheduler's clock); now when unset.
+    pub at: Option<time::OffsetDateTime>,
 }
 
 /// Backups.List parameters.
@@ -183,8 +243,9 @@ pub struct BackupPage {
 /// The control plane.
 pub struct Control {
     engine: Arc<Engine>,
-    db: ControlDb,
-    state: Mutex<State>,
+    pub(crate) db: ControlDb,
+    pub(crate) state: Mutex<State>,
+    pub(crate) events: tokio::sync::broadcast::Sender<crate::vault::VaultEvent>,
     concurrency: usize,
     restore_dir: PathBuf,
     changes: tokio::sync::watch::Sender<u64>,
@@ -209,6 +270,8 @@ impl Control {
             volumes: loaded.volumes.into_iter().map(|v| (v.id, v)).collect(),
             backups: loaded.backups.into_iter().map(|b| (b.id, b)).collect(),
             jobs: loaded.jobs.into_iter().map(|j| (j.id, j)).collect(),
+            vaults: loaded.vaults.into_iter().map(|v| (v.id, v)).collect(),
+            policies: loaded.policies.into_iter().map(|p| (p.id, p)).collect(),
             running: HashMap::new(),
         };
         recover(&db, &mut st).map_err(|e| e.message().to_string())?;
@@ -225,6 +288,7 @@ impl Control {
             concurrency: concurrency.max(1),
             restore_dir,
             changes: tokio::sync::watch::channel(0).0,
+            events: tokio::sync::broadcast::channel(256).0,
             shutting_down: AtomicBool::new(false),
         });
         for id in deleting {
@@ -251,6 +315,7 @@ impl Control {
     // ------------------------------------------------------------------------------- volumes
 
     /// Volumes.Register.
+    #[allow(clippy::too_many_arguments)]
     pub fn register_volume(
         &self,
         caller: &Caller,
@@ -258,6 +323,8 @@ impl Control {
         name: &str,
         path: &[u8],
         encrypted: bool,
+        tags: Vec<(String, String)>,
+        server_id: &str,
     ) -> Result<VolumeRow, Status> {
         caller.must_write()?;
         let id = if id.is_empty() {
@@ -266,6 +333,8 @@ impl Control {
             parse_uuid("id", id)?
         };
         check_len("name", name)?;
+        check_len("server_id", server_id)?;
+        let tags = crate::vault::check_tags("tags", tags)?;
         let path_os = check_path(path)?;
         let source = blockvault_engine::device::Source::open(path_os).map_err(|e| match e {
             EngineError::Source { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
@@ -318,6 +387,8 @@ impl Control {
             created_at: t,
             updated_at: t,
             busy_job: None,
+            tags,
+            server_id: server_id.to_string(),
         };
         let mut st = self.state.lock();
         if st.volumes.contains_key(&id) || st.volumes.values().any(|v| v.path == path) {
@@ -325,7 +396,9 @@ impl Control {
                 "volume {id} already exists"
             )));
         }
-        Changes::volume(row.clone()).commit(&self.db, &mut st)?;
+        let mut ch = Changes::volume(row.clone());
+        ch.vaults = crate::vault::auto_bind(&st, &row);
+        ch.commit(&self.db, &mut st)?;
         tracing::info!(volume = %id, path = %path_os.to_string_lossy(), size, encrypted, "volume registered");
         Ok(row)
     }
@@ -362,11 +435,25 @@ impl Control {
         id: &str,
         name: Option<&str>,
         status: Option<&str>,
+        tags: Option<Vec<(String, String)>>,
+        server_id: Option<&str>,
     ) -> Result<VolumeRow, Status> {
         caller.must_write()?;
         let id = parse_uuid("volume_id", id)?;
+        let tags = tags
+            .map(|t| crate::vault::check_tags("tags", t))
+            .transpose()?;
+        if let Some(s) = server_id {
+            check_len("server_id", s)?;
+        }
         let mut st = self.state.lock();
         let mut v = visible_volume(&st, caller, &id)?.clone();
+        if let Some(t) = tags {
+            v.tags = t;
+        }
+        if let Some(s) = server_id {
+            v.server_id = s.to_string();
+        }
         if let Some(n) = name {
             check_len("name", n)?;
             v.name = n.to_string();
@@ -391,7 +478,9 @@ impl Control {
             v.idle_status = new;
         }
         v.updated_at = now();
-        Changes::volume(v.clone()).commit(&self.db, &mut st)?;
+        let mut ch = Changes::volume(v.clone());
+        ch.vaults = crate::vault::auto_bind(&st, &v);
+        ch.commit(&self.db, &mut st)?;
         Ok(v)
     }
 
@@ -442,6 +531,7 @@ impl Control {
         };
         let mut st = self.state.lock();
         let vol = visible_volume(&st, caller, &volume_id)?.clone();
+        let vault_id = crate::vault::vault_for_backup(&st, &vol, &req.container)?;
         match vol.idle_status {
             VolumeStatus::Available => {}
             VolumeStatus::InUse if req.force => {}
@@ -489,7 +579,7 @@ impl Control {
         } else {
             None
         };
-        let t = now();
+        let t = req.at.unwrap_or_else(now);
         let backup_id = Uuid::new_v4();
         let job_id = Uuid::new_v4();
         let backup = BackupRow {
@@ -517,6 +607,7 @@ impl Control {
             encrypted: vol.encrypted,
             encryption_key_id: vol.encryption_key_id,
             job_id: Some(job_id),
+            vault_id,
         };
         let job = JobRow {
             format: ROW_VERSION,
@@ -670,9 +761,20 @@ impl Control {
     pub fn delete_backup(&self, caller: &Caller, id: &str) -> Result<(), Status> {
         caller.must_write()?;
         let id = parse_uuid("backup_id", id)?;
+        visible_backup(&self.state.lock(), caller, &id)?;
+        self.delete_checked(id, false)
+    }
+
+    /// Deletes a backup after the checks every delete passes: status, dependents, and (unless
+    /// `by_retention`) the vault lock.
+    pub(crate) fn delete_checked(&self, id: Uuid, by_retention: bool) -> Result<(), Status> {
         {
             let mut st = self.state.lock();
-            let mut b = visible_backup(&st, caller, &id)?.clone();
+            let mut b = st
+                .backups
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Status::not_found(format!("backup {id} not found")))?;
             if !matches!(b.status, BackupStatus::Available | BackupStatus::Error) {
                 return Err(Status::failed_precondition(format!(
                     "backup {id} is {}; only available or error backups can be deleted",
@@ -685,6 +787,15 @@ impl Control {
                      delete them first",
                     d.id
                 )));
+            }
+            if let Some(v) = b.vault_id.and_then(|v| st.vaults.get(&v)) {
+                if v.locked && !by_retention {
+                    return Err(Status::failed_precondition(format!(
+                        "backup {id} is in locked vault {}; only the vault's retention policy \
+                         removes it",
+                        v.id
+                    )));
+                }
             }
             b.status = BackupStatus::Deleting;
             b.updated_at = now();
@@ -708,10 +819,16 @@ impl Control {
         };
         let mut st = self.state.lock();
         let outcome = match res {
-            Ok(()) => Changes {
-                gone_backups: vec![id],
-                ..Default::default()
-            },
+            Ok(()) => {
+                let mut ch = Changes {
+                    gone_backups: vec![id],
+                    ..Default::default()
+                };
+                if let Some(vid) = st.backups.get(&id).and_then(|b| b.vault_id) {
+                    ch.vaults = crate::vault::after_usage_change(self, &st, vid, &[], &[id]);
+                }
+                ch
+            }
             Err(ref reason) => {
                 let Some(mut b) = st.backups.get(&id).cloned() else {
                     return Some(reason.clone());
@@ -799,6 +916,8 @@ impl Control {
                     created_at: t,
                     updated_at: t,
                     busy_job: None,
+                    tags: Vec::new(),
+                    server_id: String::new(),
                 };
                 let p = v.path.clone();
                 (v, p, true)
@@ -1009,9 +1128,14 @@ impl Control {
                 tracing::error!(job = %job.id, error = %e.message(), "cannot start job");
                 break;
             }
+            let cancel = CancelToken::default();
+            let limit = match job.kind {
+                JobKind::Backup => crate::vault::free_bytes_for(&st, &job.backup_id),
+                JobKind::Restore => u64::MAX,
+            };
             let run = Running {
-                cancel: CancelToken::default(),
-                progress: Arc::new(JobProgress::default()),
+                cancel: cancel.clone(),
+                progress: Arc::new(JobProgress::new(limit, cancel)),
                 suspend: Arc::new(AtomicBool::new(false)),
             };
             st.running.insert(job.id, run.clone());
@@ -1106,11 +1230,17 @@ impl Control {
             ch.jobs.push(job);
             ch
         } else {
+            let over = run.progress.over.load(Ordering::SeqCst);
             let (state, res) = match outcome {
                 Ok(()) => (JobState::Succeeded, Ok(())),
+                Err(EngineError::Cancelled) if over => (
+                    JobState::Failed,
+                    Err(crate::vault::capacity_message(&st, &job.backup_id)),
+                ),
                 Err(EngineError::Cancelled) => (JobState::Cancelled, Err(CANCELLED.to_string())),
                 Err(e) => (JobState::Failed, Err(e.to_string())),
             };
+            let kind = job.kind;
             let mut ch = end_job(&st, job, res, state);
             if state == JobState::Succeeded {
                 if let Some(b) = ch.backups.first_mut() {
@@ -1121,6 +1251,11 @@ impl Control {
                             fill_from_record(b, &rec);
                         }
                     }
+                }
+            }
+            if kind == JobKind::Backup {
+                if let Some(vid) = ch.backups.first().and_then(|b| b.vault_id) {
+                    ch.vaults = crate::vault::after_usage_change(self, &st, vid, &ch.backups, &[]);
                 }
             }
             ch

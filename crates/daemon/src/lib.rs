@@ -14,7 +14,9 @@ pub mod config;
 pub mod control;
 pub mod export;
 pub mod model;
+pub mod policy;
 pub mod server;
+pub mod vault;
 
 pub use config::Config;
 pub use server::{start, Daemon, Running};

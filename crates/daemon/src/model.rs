@@ -20,6 +20,9 @@ pub const ROW_VERSION: u32 = 1;
 const CF_VOLUMES: &str = "volumes";
 const CF_BACKUPS: &str = "backups";
 const CF_JOBS: &str = "jobs";
+const CF_VAULTS: &str = "vaults";
+const CF_POLICIES: &str = "policies";
+const ALL_CFS: [&str; 5] = [CF_VOLUMES, CF_BACKUPS, CF_JOBS, CF_VAULTS, CF_POLICIES];
 
 /// A volume's Cinder-style status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +172,104 @@ pub struct VolumeRow {
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
     pub busy_job: Option<Uuid>,
+    /// Tags (key, value), matched by vault bind rules.
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
+    /// The server the volume belongs to ("" for none).
+    #[serde(default)]
+    pub server_id: String,
+}
+
+/// A resource bound to a vault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRow {
+    pub id: String,
+    pub kind: String,
+    pub name: String,
+    pub exclude_volumes: Vec<String>,
+}
+
+/// A vault's billing/capacity block (the recorded-only fields are kept as given).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BillingRow {
+    pub cloud_type: String,
+    pub consistent_level: String,
+    pub object_type: String,
+    pub protect_type: String,
+    /// Capacity in GB (10^9 bytes).
+    pub size_gb: i64,
+    pub charging_mode: String,
+    pub period_type: String,
+    pub period_num: i32,
+    pub is_auto_renew: bool,
+    pub is_auto_pay: bool,
+    pub console_url: String,
+    pub is_multi_az: bool,
+}
+
+/// A vault.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultRow {
+    pub format: u32,
+    pub id: Uuid,
+    pub project_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub description: String,
+    pub billing: BillingRow,
+    pub resources: Vec<ResourceRow>,
+    pub tags: Vec<(String, String)>,
+    pub backup_policy_id: Option<Uuid>,
+    pub auto_bind: bool,
+    pub bind_rules: Vec<(String, String)>,
+    pub auto_expand: bool,
+    pub threshold: i32,
+    pub smn_notify: bool,
+    pub backup_name_prefix: String,
+    pub locked: bool,
+    pub enterprise_project_id: String,
+    pub demand_billing: bool,
+    pub sys_lock_source_service: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Usage is at or above the threshold (an event fired; re-armed when usage drops below).
+    pub above_threshold: bool,
+    pub threshold_events: i64,
+    /// Scheduled runs so far, per resource volume (drives the full/incremental pattern).
+    pub runs: BTreeMap<Uuid, u64>,
+    /// When the policy last ran for this vault.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_run: Option<OffsetDateTime>,
+}
+
+/// A backup policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRow {
+    pub format: u32,
+    pub id: Uuid,
+    pub project_id: String,
+    pub name: String,
+    pub enabled: bool,
+    /// Seconds between runs (0 when day/time rules are used).
+    pub interval_seconds: u64,
+    /// Days of the week, 0 = Monday .. 6 = Sunday; empty = every day.
+    pub days: Vec<u8>,
+    /// Minutes after midnight UTC.
+    pub times: Vec<u16>,
+    pub full_every: u32,
+    pub max_backups: Option<u32>,
+    pub max_days: Option<u32>,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
 }
 
 /// A backup as the API sees it.
@@ -204,6 +305,9 @@ pub struct BackupRow {
     pub encryption_key_id: Option<Uuid>,
     /// The job that made it or restores it.
     pub job_id: Option<Uuid>,
+    /// The vault it belongs to.
+    #[serde(default)]
+    pub vault_id: Option<Uuid>,
 }
 
 /// A queued, running or finished job.
@@ -244,6 +348,8 @@ pub struct Loaded {
     pub volumes: Vec<VolumeRow>,
     pub backups: Vec<BackupRow>,
     pub jobs: Vec<JobRow>,
+    pub vaults: Vec<VaultRow>,
+    pub policies: Vec<PolicyRow>,
 }
 
 /// Errors of the control database.
@@ -273,7 +379,7 @@ impl ControlDb {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        let cfs = [CF_VOLUMES, CF_BACKUPS, CF_JOBS]
+        let cfs = ALL_CFS
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         Ok(ControlDb {
@@ -287,6 +393,8 @@ impl ControlDb {
             volumes: self.load_cf(CF_VOLUMES)?,
             backups: self.load_cf(CF_BACKUPS)?,
             jobs: self.load_cf(CF_JOBS)?,
+            vaults: self.load_cf(CF_VAULTS)?,
+            policies: self.load_cf(CF_POLICIES)?,
         })
     }
 
@@ -325,7 +433,7 @@ impl ControlDb {
 
     /// Flushes memtables (clean shutdown).
     pub fn flush(&self) -> Result<(), DbError> {
-        for cf in [CF_VOLUMES, CF_BACKUPS, CF_JOBS] {
+        for cf in ALL_CFS {
             self.db
                 .flush_cf(self.db.cf_handle(cf).expect("column family opened"))?;
         }
@@ -366,6 +474,22 @@ impl TxnBuilder<'_> {
 
     pub fn job(&mut self, j: &JobRow) -> &mut Self {
         self.put(CF_JOBS, &j.id, j)
+    }
+
+    pub fn vault(&mut self, v: &VaultRow) -> &mut Self {
+        self.put(CF_VAULTS, &v.id, v)
+    }
+
+    pub fn policy(&mut self, p: &PolicyRow) -> &mut Self {
+        self.put(CF_POLICIES, &p.id, p)
+    }
+
+    pub fn delete_vault(&mut self, id: &Uuid) -> &mut Self {
+        self.delete(CF_VAULTS, id)
+    }
+
+    pub fn delete_policy(&mut self, id: &Uuid) -> &mut Self {
+        self.delete(CF_POLICIES, id)
     }
 
     pub fn delete_volume(&mut self, id: &Uuid) -> &mut Self {

@@ -10,6 +10,8 @@ use anyhow::{Context, Result};
 use blockvault_engine::{Engine, EngineOptions};
 use blockvault_proto::v1::backups_server::BackupsServer;
 use blockvault_proto::v1::jobs_server::JobsServer;
+use blockvault_proto::v1::policies_server::PoliciesServer;
+use blockvault_proto::v1::vaults_server::VaultsServer;
 use blockvault_proto::v1::volumes_server::VolumesServer;
 use tokio::net::TcpListener;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -105,6 +107,8 @@ impl Daemon {
         reporter.set_serving::<VolumesServer<Api>>().await;
         reporter.set_serving::<BackupsServer<Api>>().await;
         reporter.set_serving::<JobsServer<Api>>().await;
+        reporter.set_serving::<VaultsServer<Api>>().await;
+        reporter.set_serving::<PoliciesServer<Api>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(blockvault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -128,7 +132,9 @@ impl Daemon {
             .add_service(reflection)
             .add_service(VolumesServer::with_interceptor(api.clone(), check.clone()))
             .add_service(BackupsServer::with_interceptor(api.clone(), check.clone()))
-            .add_service(JobsServer::with_interceptor(api, check));
+            .add_service(JobsServer::with_interceptor(api.clone(), check.clone()))
+            .add_service(VaultsServer::with_interceptor(api.clone(), check.clone()))
+            .add_service(PoliciesServer::with_interceptor(api, check));
 
         let control = self.control.clone();
         tokio::task::spawn_blocking({
@@ -146,6 +152,7 @@ impl Daemon {
                 }
             }
         });
+        let policies = tokio::spawn(crate::policy::PolicyRunner::new(control.clone()).run());
         tracing::info!(%addr, tls = self.config.tls.is_some(), "blockvaultd serving");
         let stopping = {
             let c = control.clone();
@@ -155,6 +162,8 @@ impl Daemon {
                 reporter.set_not_serving::<VolumesServer<Api>>().await;
                 reporter.set_not_serving::<BackupsServer<Api>>().await;
                 reporter.set_not_serving::<JobsServer<Api>>().await;
+                reporter.set_not_serving::<VaultsServer<Api>>().await;
+                reporter.set_not_serving::<PoliciesServer<Api>>().await;
                 c.begin_shutdown();
             }
         };
@@ -168,6 +177,7 @@ impl Daemon {
             )
             .await;
         saver.abort();
+        policies.abort();
         tokio::task::spawn_blocking(move || control.finish_shutdown(SHUTDOWN_WAIT)).await?;
         tracing::info!("blockvaultd stopped");
         served.context("gRPC server")

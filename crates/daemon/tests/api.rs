@@ -514,6 +514,7 @@ async fn bad_input_gets_the_right_code_and_the_daemon_keeps_serving() {
                 volume_id: vol.id.clone(),
                 status: Some("broken".into()),
                 name: None,
+                ..Default::default()
             })
             .await,
         Code::InvalidArgument,

@@ -93,6 +93,7 @@ async fn full_incremental_restore_update_delete() {
             volume_id: vol.id.clone(),
             status: Some("in-use".into()),
             name: None,
+            ..Default::default()
         })
         .await
         .unwrap();
