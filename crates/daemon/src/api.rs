@@ -869,3 +869,34 @@ impl pb::policies_server::Policies for Api {
         .await
     }
 }
+
+#[tonic::async_trait]
+impl pb::maintenance_server::Maintenance for Api {
+    async fn run_gc(
+        &self,
+        req: Request<pb::RunGcRequest>,
+    ) -> Result<Response<pb::GcReport>, Status> {
+        self.call(req, |c, who, _| {
+            if who.role != crate::config::Role::Admin {
+                return Err(Status::permission_denied(
+                    "garbage collection is for admins only",
+                ));
+            }
+            let t = std::time::Instant::now();
+            let r = c.engine().gc().map_err(crate::control::engine_status)?;
+            Ok(pb::GcReport {
+                reclaimed_bytes: r.reclaimed_bytes(),
+                dead_refs: r.dead_refs,
+                deletes_finished: r.deletes_finished,
+                chunks_removed: r.chunks_removed,
+                packs_deleted: r.packs_deleted,
+                packs_rewritten: r.packs_rewritten,
+                orphan_packs_deleted: r.orphan_packs_deleted,
+                pack_bytes_before: r.pack_bytes_before,
+                pack_bytes_after: r.pack_bytes_after,
+                seconds: t.elapsed().as_secs_f64(),
+            })
+        })
+        .await
+    }
+}

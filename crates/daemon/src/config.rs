@@ -38,6 +38,13 @@ pub struct JobsConfig {
     pub concurrency: usize,
 }
 
+/// `[gc]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    pub interval_seconds: u64,
+}
+
 /// `[engine]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +83,7 @@ pub struct Config {
     pub restore_dir: Option<PathBuf>,
     pub log: String,
     pub jobs: JobsConfig,
+    pub gc: GcConfig,
     pub engine: EngineConfig,
     pub store: StoreSection,
     #[serde(default)]
@@ -176,6 +184,7 @@ mod tests {
         assert!(c.listen.ip().is_loopback());
         assert_eq!(c.data_dir, PathBuf::from("blockvault-data"));
         assert_eq!(c.jobs.concurrency, 2);
+        assert_eq!(c.gc.interval_seconds, 3600);
         assert_eq!(c.restore_dir(), PathBuf::from("blockvault-data/volumes"));
         assert_eq!(c.key_file(), PathBuf::from("blockvault-data/master.key"));
         assert!(c.tokens.is_empty() && c.tls.is_none());

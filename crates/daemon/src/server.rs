@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use blockvault_engine::{Engine, EngineOptions};
 use blockvault_proto::v1::backups_server::BackupsServer;
 use blockvault_proto::v1::jobs_server::JobsServer;
+use blockvault_proto::v1::maintenance_server::MaintenanceServer;
 use blockvault_proto::v1::policies_server::PoliciesServer;
 use blockvault_proto::v1::vaults_server::VaultsServer;
 use blockvault_proto::v1::volumes_server::VolumesServer;
@@ -109,6 +110,7 @@ impl Daemon {
         reporter.set_serving::<JobsServer<Api>>().await;
         reporter.set_serving::<VaultsServer<Api>>().await;
         reporter.set_serving::<PoliciesServer<Api>>().await;
+        reporter.set_serving::<MaintenanceServer<Api>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(blockvault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -134,7 +136,8 @@ impl Daemon {
             .add_service(BackupsServer::with_interceptor(api.clone(), check.clone()))
             .add_service(JobsServer::with_interceptor(api.clone(), check.clone()))
             .add_service(VaultsServer::with_interceptor(api.clone(), check.clone()))
-            .add_service(PoliciesServer::with_interceptor(api, check));
+            .add_service(PoliciesServer::with_interceptor(api.clone(), check.clone()))
+            .add_service(MaintenanceServer::with_interceptor(api, check));
 
         let control = self.control.clone();
         tokio::task::spawn_blocking({
@@ -153,6 +156,10 @@ impl Daemon {
             }
         });
         let policies = tokio::spawn(crate::policy::PolicyRunner::new(control.clone()).run());
+        let gc = tokio::spawn(scheduled_gc(
+            control.clone(),
+            self.config.gc.interval_seconds,
+        ));
         tracing::info!(%addr, tls = self.config.tls.is_some(), "blockvaultd serving");
         let stopping = {
             let c = control.clone();
@@ -164,6 +171,7 @@ impl Daemon {
                 reporter.set_not_serving::<JobsServer<Api>>().await;
                 reporter.set_not_serving::<VaultsServer<Api>>().await;
                 reporter.set_not_serving::<PoliciesServer<Api>>().await;
+                reporter.set_not_serving::<MaintenanceServer<Api>>().await;
                 c.begin_shutdown();
             }
         };
@@ -178,9 +186,36 @@ impl Daemon {
             .await;
         saver.abort();
         policies.abort();
+        gc.abort();
         tokio::task::spawn_blocking(move || control.finish_shutdown(SHUTDOWN_WAIT)).await?;
         tracing::info!("blockvaultd stopped");
         served.context("gRPC server")
+    }
+}
+
+/// Runs GC every `interval` seconds (never when 0). GC is safe alongside everything else (see
+/// ARCHITECTURE.md); a run that fails is logged and tried again at the next interval.
+async fn scheduled_gc(control: Arc<Control>, interval: u64) {
+    if interval == 0 {
+        return;
+    }
+    loop {
+        tokio::time::sleep(Duration::from_secs(interval)).await;
+        if control.is_shutting_down() {
+            return;
+        }
+        let c = control.clone();
+        match tokio::task::spawn_blocking(move || c.engine().gc()).await {
+            Ok(Ok(r)) => tracing::info!(
+                reclaimed = r.reclaimed_bytes(),
+                chunks_removed = r.chunks_removed,
+                packs_deleted = r.packs_deleted,
+                packs_rewritten = r.packs_rewritten,
+                "scheduled gc"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "scheduled gc failed"),
+            Err(e) => tracing::warn!(error = %e, "scheduled gc task failed"),
+        }
     }
 }
 

@@ -198,3 +198,133 @@ async fn schedule_pattern_retention_and_catch_up() {
     }
     c.finish_shutdown(Duration::from_secs(10));
 }
+
+fn billing() -> blockvault_daemon::model::BillingRow {
+    blockvault_daemon::model::BillingRow {
+        cloud_type: String::new(),
+        consistent_level: "crash_consistent".into(),
+        object_type: "server".into(),
+        protect_type: "backup".into(),
+        size_gb: 10,
+        charging_mode: String::new(),
+        period_type: String::new(),
+        period_num: 0,
+        is_auto_renew: false,
+        is_auto_pay: false,
+        console_url: String::new(),
+        is_multi_az: false,
+    }
+}
+
+/// A server resource stands for its volumes minus exclude_volumes; keep-daily keeps the newest
+/// backup of each of the last N days; day/time rules fire at their UTC times.
+#[tokio::test(start_paused = true)]
+async fn server_resources_daily_retention_and_time_rules() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::open(config(&dir.path().join("data"), vec![])).unwrap();
+    let c = daemon.control().clone();
+    let mut vols = Vec::new();
+    for i in 0..3 {
+        let img = dir.path().join(format!("d{i}.img"));
+        make_image(&img, 256 << 10, i);
+        let v = c
+            .register_volume(
+                &admin(),
+                "",
+                &format!("disk{i}"),
+                img.as_os_str().as_bytes(),
+                false,
+                vec![],
+                "srv-1",
+            )
+            .unwrap();
+        vols.push(v.id);
+    }
+    // Every 6 hours; all full; keep the newest backup of each of the last 2 days.
+    let policy = c
+        .create_policy(
+            &admin(),
+            "",
+            PolicySpec {
+                name: Some("six-hourly".into()),
+                enabled: Some(true),
+                schedule: Some((6 * 3600, vec![], vec![])),
+                full_every: Some(0),
+                retention: Some((None, None, 2, 0, 0)),
+            },
+        )
+        .unwrap();
+    let vault = c
+        .create_vault(
+            &admin(),
+            VaultSpec {
+                name: "srv".into(),
+                billing: Some(billing()),
+                resources: vec![blockvault_daemon::model::ResourceRow {
+                    id: "srv-1".into(),
+                    kind: "OS::Nova::Server".into(),
+                    name: "server one".into(),
+                    exclude_volumes: vec![vols[1].to_string()],
+                }],
+                backup_policy_id: policy.id.to_string(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .vault;
+    let runner = PolicyRunner::new(c.clone());
+    let mut made = 0;
+    for _ in 0..12 {
+        tokio::time::advance(Duration::from_secs(6 * 3600)).await;
+        let (queued, _) = runner.tick();
+        assert_eq!(queued.len(), 2, "two volumes of the server, one excluded");
+        made += queued.len();
+        settle(&c);
+    }
+    assert_eq!(made, 24);
+    runner.apply_retention(runner.now());
+    let left = backups(&c, vault.id);
+    // Two volumes x the newest backup of each of the last 2 days that have backups.
+    assert_eq!(left.len(), 4, "{left:?}");
+    let page = c
+        .list_backups(&admin(), &blockvault_daemon::control::ListQuery::default())
+        .unwrap();
+    assert!(page.backups.iter().all(|b| b.volume_id != vols[1]));
+    let mut days: Vec<_> = page
+        .backups
+        .iter()
+        .filter(|b| b.vault_id == Some(vault.id))
+        .map(|b| (b.volume_id, b.created_at.date()))
+        .collect();
+    days.sort();
+    days.dedup();
+    assert_eq!(days.len(), 4, "one per volume and day");
+
+    // Switch to a day/time rule: the next run happens at the next 03:00 UTC, not before.
+    c.update_policy(
+        &admin(),
+        &policy.id.to_string(),
+        PolicySpec {
+            schedule: Some((0, vec![], vec!["03:00".into()])),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let now = runner.now();
+    let next3 = {
+        let today = now.replace_time(time::macros::time!(3:00));
+        if today > now {
+            today
+        } else {
+            today + time::Duration::days(1)
+        }
+    };
+    let wait = (next3 - now).unsigned_abs();
+    tokio::time::advance(wait - Duration::from_secs(1)).await;
+    assert!(runner.tick().0.is_empty(), "not yet 03:00");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(runner.tick().0.len(), 2);
+    settle(&c);
+    c.finish_shutdown(Duration::from_secs(10));
+}

@@ -829,3 +829,137 @@ async fn locked_vaults_keep_their_backups() {
     );
     d.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_bind_joins_matching_volumes_and_gc_runs_on_demand() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let member = token(
+        "member-token-0123456789",
+        "admin",
+        "m",
+        blockvault_daemon::config::Role::Member,
+    );
+    let d = blockvault_daemon::start(config(&dir.path().join("data"), vec![member]))
+        .await
+        .unwrap();
+    let tok = d.admin_token.clone();
+    let mut c = connect(&d.endpoint(), Some(&tok)).await;
+    let mut v = vaults_client(&d).await;
+    let mut req = vault("prod", 10);
+    req.auto_bind = true;
+    req.bind_rules = Some(pb::VaultBindRules {
+        tags: vec![tag("env", "prod")],
+    });
+    let vt = v.create(authed(&tok, req)).await.unwrap().into_inner();
+    assert!(vt.resources.is_empty());
+    let reg = |name: &str, env: &str| {
+        let p = dir.path().join(format!("{name}.img"));
+        make_image(&p, MIB, 3);
+        pb::RegisterVolumeRequest {
+            name: name.into(),
+            path: p.as_os_str().as_bytes().to_vec(),
+            tags: vec![tag("env", env), tag("team", "db")],
+            ..Default::default()
+        }
+    };
+    let a = c
+        .volumes
+        .register(reg("a", "prod"))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = c
+        .volumes
+        .register(reg("b", "dev"))
+        .await
+        .unwrap()
+        .into_inner();
+    let get = || pb::GetVaultRequest {
+        vault_id: vt.id.clone(),
+    };
+    let now = v.get(authed(&tok, get())).await.unwrap().into_inner();
+    let ids: Vec<_> = now.resources.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids, vec![a.id.clone()]);
+    assert_eq!(now.resources[0].r#type, "OS::Cinder::Volume");
+    c.volumes
+        .update(pb::UpdateVolumeRequest {
+            volume_id: b.id.clone(),
+            tags: vec![tag("env", "prod")],
+            replace_tags: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let now = v.get(authed(&tok, get())).await.unwrap().into_inner();
+    assert_eq!(now.resources.len(), 2);
+    // RemoveResources and AddResources.
+    let now = v
+        .remove_resources(authed(
+            &tok,
+            pb::RemoveResourcesRequest {
+                vault_id: vt.id.clone(),
+                resource_ids: vec![b.id.clone()],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.resources.len(), 1);
+    assert_code(
+        v.remove_resources(authed(
+            &tok,
+            pb::RemoveResourcesRequest {
+                vault_id: vt.id.clone(),
+                resource_ids: vec![b.id.clone()],
+            },
+        ))
+        .await,
+        Code::NotFound,
+    );
+    let now = v
+        .add_resources(authed(
+            &tok,
+            pb::AddResourcesRequest {
+                vault_id: vt.id.clone(),
+                resources: vec![pb::Resource {
+                    id: "srv-9".into(),
+                    r#type: "OS::Native::Server".into(),
+                    ..Default::default()
+                }],
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.resources.len(), 2);
+
+    // GC on demand reclaims a deleted backup's space; it is for admins.
+    let big = dir.path().join("big.img");
+    make_image(&big, 16 * MIB, 77);
+    let bv = register(&mut c, &big, "big").await;
+    let bk = backup(&mut c, &bv.id, "temp", false).await;
+    c.backups
+        .delete(pb::DeleteBackupRequest { backup_id: bk.id })
+        .await
+        .unwrap();
+    let ch = tonic::transport::Channel::from_shared(d.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut m = pb::maintenance_client::MaintenanceClient::new(ch);
+    assert_code(
+        m.run_gc(authed("member-token-0123456789", pb::RunGcRequest {}))
+            .await,
+        Code::PermissionDenied,
+    );
+    let r = m
+        .run_gc(authed(&tok, pb::RunGcRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.reclaimed_bytes > 8_000_000, "{r:?}");
+    assert!(r.chunks_removed > 0);
+    d.stop().await.unwrap();
+}
