@@ -47,6 +47,8 @@ enum Top {
     Vault(vault::VaultArgs),
     /// Manage backup policies: schedule, full-backup cadence and retention.
     Policy(vault::PolicyArgs),
+    /// Run garbage collection in blockvaultd now (admins only; it also runs on a schedule).
+    Gc(remote::GcArgs),
 }
 
 #[derive(Args)]
@@ -250,6 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Top::Job(a) => return remote::run(remote::Remote::Job(a)),
         Top::Vault(a) => return remote::run(remote::Remote::Vault(a)),
         Top::Policy(a) => return remote::run(remote::Remote::Policy(a)),
+        Top::Gc(a) => return remote::run(remote::Remote::Gc(a)),
     };
     match cmd {
         Local::Init {

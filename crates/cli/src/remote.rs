@@ -89,6 +89,13 @@ pub struct BackupArgs {
     cmd: BackupCmd,
 }
 
+/// `blockvault gc`.
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    #[command(flatten)]
+    conn: Conn,
+}
+
 /// `blockvault job ...`.
 #[derive(Args, Debug)]
 pub struct JobArgs {
@@ -316,6 +323,8 @@ pub enum Remote {
     Vault(VaultArgs),
     /// `blockvault policy ...`.
     Policy(PolicyArgs),
+    /// `blockvault gc`.
+    Gc(GcArgs),
 }
 
 /// Runs a remote command on a single-threaded tokio runtime.
@@ -331,6 +340,7 @@ pub fn run(cmd: Remote) -> Result<ExitCode> {
             Remote::Job(a) => job(&a.conn, a.cmd).await,
             Remote::Vault(a) => crate::vault::vault(a).await,
             Remote::Policy(a) => crate::vault::policy(a).await,
+            Remote::Gc(a) => gc(&a.conn).await,
         }
     })
 }
@@ -441,6 +451,53 @@ pub(crate) async fn connect(conn: &Conn) -> Result<Clients> {
         vaults: VaultsClient::with_interceptor(channel.clone(), auth.clone()),
         policies: PoliciesClient::with_interceptor(channel, auth),
     })
+}
+
+/// `blockvault gc`: runs garbage collection in the daemon now (admins only).
+async fn gc(conn: &Conn) -> Result<ExitCode> {
+    let url = endpoint_url(conn)?;
+    let token: MetadataValue<Ascii> = token(conn)?
+        .parse()
+        .map_err(|_| anyhow!("the token contains characters not allowed in gRPC metadata"))?;
+    let channel = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("invalid endpoint {url}"))?
+        .connect()
+        .await
+        .with_context(|| format!("UNAVAILABLE: cannot connect to {url}"))?;
+    let mut m = blockvault_proto::v1::maintenance_client::MaintenanceClient::with_interceptor(
+        channel,
+        Auth(token),
+    );
+    let r = m
+        .run_gc(blockvault_proto::v1::RunGcRequest {})
+        .await
+        .map_err(grpc)?
+        .into_inner();
+    let v = json!({
+        "reclaimed_bytes": r.reclaimed_bytes,
+        "dead_refs": r.dead_refs,
+        "deletes_finished": r.deletes_finished,
+        "chunks_removed": r.chunks_removed,
+        "packs_deleted": r.packs_deleted,
+        "packs_rewritten": r.packs_rewritten,
+        "orphan_packs_deleted": r.orphan_packs_deleted,
+        "pack_bytes_before": r.pack_bytes_before,
+        "pack_bytes_after": r.pack_bytes_after,
+        "seconds": r.seconds,
+    });
+    if conn.json {
+        print_json(&v)?;
+    } else {
+        println!(
+            "reclaimed {} ({} chunks, {} packs deleted, {} rewritten) in {:.2} s",
+            human(r.reclaimed_bytes),
+            r.chunks_removed,
+            r.packs_deleted,
+            r.packs_rewritten,
+            r.seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The canonical name of a gRPC status code, as in the gRPC specification.

@@ -250,3 +250,34 @@ fn vault_watch_reports_a_threshold_crossing() {
     let err = d.fails(&[&"vault", &"delete", &vault]);
     assert!(err.starts_with("error: FAILED_PRECONDITION: "), "{err}");
 }
+
+/// `blockvault gc` reclaims a deleted backup's space through the daemon.
+#[test]
+fn gc_on_demand_reclaims_deleted_backups() {
+    let d = Daemon::start();
+    let img = d.dir.path().join("gc.img");
+    let data: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&img, data).unwrap();
+    let vol = d
+        .ok(&[&"volume", &"register", &"--path", &img])
+        .trim()
+        .to_string();
+    let b = d.json(&[
+        &"backup",
+        &"create",
+        &"--volume",
+        &vol,
+        &"--wait",
+        &"--json",
+    ]);
+    let id = s(&b["backup"]["id"]);
+    d.ok(&[&"backup", &"delete", &id]);
+    let r = d.json(&[&"gc", &"--json"]);
+    assert!(r["reclaimed_bytes"].as_u64().unwrap() > 100_000, "{r}");
+    assert_eq!(r["pack_bytes_after"], 0, "{r}");
+    assert!(r["chunks_removed"].as_u64().unwrap() > 0, "{r}");
+    let text = d.ok(&[&"gc"]);
+    assert!(text.starts_with("reclaimed"), "{text}");
+}
