@@ -9,6 +9,11 @@
 //!   decided to reuse always has a reference by the time GC can look again.
 //! - A reference is dead only if its backup is `error` or `deleting` (terminal states), or has no
 //!   record and is not being written by this process. Records are written before any reference.
+//!   A backup id is not final, though: the control plane deletes a suspended attempt's record and
+//!   runs the backup again under the same id, whose references are the same keys. So a backup
+//!   found dead in GC's snapshot is checked again under the lifecycle lock (not active, record
+//!   absent or terminal) right before each batch of its references or manifest blocks is removed;
+//!   a re-run registers as active before its first `add_refs`, which takes the same lock.
 //! - A pack is deleted only when no index entry points into it, and only sealed packs (listed in
 //!   `packs`) are candidates. Unsealed packs are registered as open before their file exists, so
 //!   orphan detection (file neither sealed nor open) cannot hit a pack being written.
@@ -17,7 +22,7 @@
 //!   holding a stale location finds the old pack gone and looks the chunk up again.
 use std::collections::{HashMap, HashSet};
 
-use blockvault_core::{BackupId, BackupState, ChunkId, PackId};
+use blockvault_core::{BackupId, BackupState, ChunkId, ManifestBlock, ManifestEntry, PackId};
 use rocksdb::{WriteBatch, WriteOptions};
 use serde::Serialize;
 
@@ -111,9 +116,17 @@ impl Store {
         let states = self.record_states()?;
         // Finish interrupted deletes and drop failed backups' manifests first (cheap, by manifest).
         for (id, st) in &states {
-            match st {
-                BackupState::Deleting => {
-                    self.drop_references(id)?;
+            if !matches!(st, BackupState::Deleting | BackupState::Error) {
+                continue;
+            }
+            if !self.drop_dead_references(id)? {
+                continue; // started again under the same id since the snapshot
+            }
+            if *st == BackupState::Deleting {
+                let _g = self.lifecycle.lock();
+                let still_deleting = !self.active.lock().contains(id)
+                    && matches!(self.get_record(id), Ok(rec) if rec.state == BackupState::Deleting);
+                if still_deleting {
                     let mut wo = WriteOptions::default();
                     wo.set_sync(true);
                     self.db
@@ -121,8 +134,6 @@ impl Store {
                         .map_err(Error::db("delete record"))?;
                     r.deletes_finished += 1;
                 }
-                BackupState::Error => self.drop_references(id)?,
-                _ => {}
             }
         }
         // Then sweep every reference for ones the manifests did not cover.
@@ -142,26 +153,101 @@ impl Store {
                 dead.push(k.to_vec());
             }
             if dead.len() >= BATCH {
-                r.dead_refs += self.delete_keys(CF_REFS, std::mem::take(&mut dead))?;
+                r.dead_refs += self.delete_dead_refs(std::mem::take(&mut dead))?;
             }
         }
-        r.dead_refs += self.delete_keys(CF_REFS, dead)?;
+        r.dead_refs += self.delete_dead_refs(dead)?;
         Ok(())
     }
 
-    fn delete_keys(&self, cf: &str, keys: Vec<Vec<u8>>) -> Result<u64> {
-        let mut b = WriteBatch::default();
-        let n = keys.len() as u64;
-        for k in keys {
-            b.delete_cf(self.cf(cf), k);
+    /// Under the lifecycle lock: is `b` still dead? (Not being written, and its record is gone or
+    /// terminal.) A backup found dead earlier may have been started again under the same id.
+    fn still_dead(&self, b: &BackupId) -> Result<bool> {
+        if self.active.lock().contains(b) {
+            return Ok(false);
         }
-        self.db.write(b).map_err(Error::db("gc delete"))?;
+        match self.get_record(b) {
+            Ok(rec) => Ok(matches!(
+                rec.state,
+                BackupState::Error | BackupState::Deleting
+            )),
+            Err(Error::BackupNotFound(_)) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes reference keys found dead, rechecking their backups under the lifecycle lock.
+    fn delete_dead_refs(&self, keys: Vec<Vec<u8>>) -> Result<u64> {
+        let _g = self.lifecycle.lock();
+        let mut dead: HashMap<BackupId, bool> = HashMap::new();
+        let mut b = WriteBatch::default();
+        let mut n = 0;
+        for k in keys {
+            if k.len() == 48 {
+                let id = BackupId::from_bytes(k[32..].try_into().expect("16"));
+                let d = match dead.get(&id) {
+                    Some(d) => *d,
+                    None => {
+                        let d = self.still_dead(&id)?;
+                        dead.insert(id, d);
+                        d
+                    }
+                };
+                if !d {
+                    continue;
+                }
+            }
+            b.delete_cf(self.cf(CF_REFS), k);
+            n += 1;
+        }
+        self.db.write(b).map_err(Error::db("gc delete refs"))?;
         Ok(n)
     }
 
-    fn has_ref(it: &mut rocksdb::DBRawIterator<'_>, id: &ChunkId) -> bool {
+    /// Removes a dead backup's manifest blocks and the references they list, one block per
+    /// batch, each under the lifecycle lock after checking that the backup is still dead.
+    /// Returns false when it stopped because the backup is alive again.
+    fn drop_dead_references(&self, id: &BackupId) -> Result<bool> {
+        let refs_cf = self.cf(CF_REFS);
+        let man_cf = self.cf(crate::index::CF_MANIFESTS);
+        for n in 0u32.. {
+            let _g = self.lifecycle.lock();
+            if !self.still_dead(id)? {
+                return Ok(false);
+            }
+            let key = crate::index::manifest_key(id, n);
+            let Some(v) = self
+                .db
+                .get_pinned_cf(man_cf, key)
+                .map_err(Error::db("get manifest block"))?
+            else {
+                break;
+            };
+            // A damaged block cannot be parsed for its refs; the sweep below removes them.
+            let mut b = WriteBatch::default();
+            if let Ok(block) = ManifestBlock::decode(&v) {
+                for e in &block.entries {
+                    if let ManifestEntry::Chunk { id: c, .. } = e {
+                        b.delete_cf(refs_cf, crate::index::ref_key(c, id));
+                    }
+                }
+            }
+            b.delete_cf(man_cf, key);
+            drop(v);
+            self.db.write(b).map_err(Error::db("drop refs"))?;
+        }
+        Ok(true)
+    }
+
+    /// Is there a reference to `id`? An iterator that stops on an error is an error, not "no
+    /// reference": GC must never remove a chunk because a read failed.
+    fn has_ref(it: &mut rocksdb::DBRawIterator<'_>, id: &ChunkId) -> Result<bool> {
         it.seek(id.as_bytes());
-        it.valid() && it.key().is_some_and(|k| k.starts_with(id.as_bytes()))
+        if it.valid() {
+            return Ok(it.key().is_some_and(|k| k.starts_with(id.as_bytes())));
+        }
+        it.status().map_err(Error::db("iterate refs"))?;
+        Ok(false)
     }
 
     /// Removes index entries of chunks nobody references (rechecked under the lifecycle lock).
@@ -171,7 +257,7 @@ impl Store {
             let mut refs = self.db.raw_iterator_cf(self.cf(CF_REFS));
             for c in self.chunks() {
                 let (id, _) = c?;
-                if !Self::has_ref(&mut refs, &id) {
+                if !Self::has_ref(&mut refs, &id)? {
                     candidates.push(id);
                 }
                 if candidates.len() >= BATCH {
@@ -194,7 +280,7 @@ impl Store {
         let mut b = WriteBatch::default();
         let mut n = 0;
         for id in ids {
-            if !Self::has_ref(&mut refs, id) {
+            if !Self::has_ref(&mut refs, id)? {
                 b.delete_cf(self.cf(CF_CHUNKS), id.as_bytes());
                 n += 1;
             }
