@@ -1225,6 +1225,11 @@ impl Control {
             if let Some(v) = st.volumes.get(&job.volume_id) {
                 let mut v = v.clone();
                 v.busy_job = None;
+                // A backup leaves its volume as it was; a restore target stays marked until the
+                // re-run finishes it.
+                if job.kind == JobKind::Backup {
+                    v.status = v.idle_status;
+                }
                 ch.volumes.push(v);
             }
             ch.jobs.push(job);
