@@ -85,12 +85,15 @@ impl LocalPacks {
         self.root.join(&h[..2]).join(format!("{h}.pack"))
     }
 
+    /// A cached handle of the pack. The open happens under the cache lock, and `delete` unlinks
+    /// under the same lock, so a handle of a deleted pack is never cached (it would keep the
+    /// file's space allocated).
     fn handle(&self, id: PackId) -> io::Result<Arc<File>> {
-        if let Some(f) = self.handles.lock().get(&id) {
+        let mut h = self.handles.lock();
+        if let Some(f) = h.get(&id) {
             return Ok(f.clone());
         }
         let f = Arc::new(File::open(self.path(id))?);
-        let mut h = self.handles.lock();
         if h.len() >= MAX_OPEN_HANDLES {
             h.clear();
         }
@@ -141,9 +144,13 @@ impl PackStorage for LocalPacks {
     }
 
     fn delete(&self, id: PackId) -> io::Result<()> {
-        self.handles.lock().remove(&id);
         let path = self.path(id);
-        match std::fs::remove_file(&path) {
+        let removed = {
+            let mut h = self.handles.lock();
+            h.remove(&id);
+            std::fs::remove_file(&path)
+        };
+        match removed {
             Ok(()) => File::open(path.parent().expect("parent"))?.sync_all(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
