@@ -36,6 +36,7 @@ pub struct TokenConfig {
 #[serde(deny_unknown_fields)]
 pub struct JobsConfig {
     pub concurrency: usize,
+    pub keep_finished_days: u32,
 }
 
 /// `[gc]`.
@@ -184,6 +185,7 @@ mod tests {
         assert!(c.listen.ip().is_loopback());
         assert_eq!(c.data_dir, PathBuf::from("blockvault-data"));
         assert_eq!(c.jobs.concurrency, 2);
+        assert_eq!(c.jobs.keep_finished_days, 30);
         assert_eq!(c.gc.interval_seconds, 3600);
         assert_eq!(c.restore_dir(), PathBuf::from("blockvault-data/volumes"));
         assert_eq!(c.key_file(), PathBuf::from("blockvault-data/master.key"));

@@ -1309,6 +1309,41 @@ impl Control {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// Forgets finished jobs that ended more than `days` days ago (0: never). Returns how many.
+    pub fn prune_jobs(&self, days: u32) -> usize {
+        if days == 0 {
+            return 0;
+        }
+        self.prune_jobs_before(now() - time::Duration::days(i64::from(days)))
+    }
+
+    /// Forgets finished jobs that ended before `cut`. Returns how many.
+    pub fn prune_jobs_before(&self, cut: time::OffsetDateTime) -> usize {
+        let mut st = self.state.lock();
+        let old: Vec<Uuid> = st
+            .jobs
+            .values()
+            .filter(|j| j.state.is_final() && j.finished_at.is_some_and(|t| t < cut))
+            .map(|j| j.id)
+            .collect();
+        if old.is_empty() {
+            return 0;
+        }
+        let mut t = self.db.txn();
+        for id in &old {
+            t.delete_job(id);
+        }
+        if let Err(e) = t.commit() {
+            tracing::warn!(error = %e, "pruning finished jobs");
+            return 0;
+        }
+        for id in &old {
+            st.jobs.remove(id);
+        }
+        tracing::info!(jobs = old.len(), %cut, "forgot finished jobs");
+        old.len()
+    }
+
     /// Persists live progress of running jobs (not synced; called periodically).
     pub fn save_progress(&self) {
         let st = self.state.lock();

@@ -496,6 +496,10 @@ impl TxnBuilder<'_> {
         self.delete(CF_VOLUMES, id)
     }
 
+    pub fn delete_job(&mut self, id: &Uuid) -> &mut Self {
+        self.delete(CF_JOBS, id)
+    }
+
     pub fn delete_backup(&mut self, id: &Uuid) -> &mut Self {
         self.delete(CF_BACKUPS, id)
     }

@@ -160,6 +160,17 @@ impl Daemon {
             control.clone(),
             self.config.gc.interval_seconds,
         ));
+        let keep_days = self.config.jobs.keep_finished_days;
+        let pruner = tokio::spawn({
+            let c = control.clone();
+            async move {
+                loop {
+                    let c2 = c.clone();
+                    let _ = tokio::task::spawn_blocking(move || c2.prune_jobs(keep_days)).await;
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+            }
+        });
         tracing::info!(%addr, tls = self.config.tls.is_some(), "blockvaultd serving");
         let stopping = {
             let c = control.clone();
@@ -187,6 +198,7 @@ impl Daemon {
         saver.abort();
         policies.abort();
         gc.abort();
+        pruner.abort();
         tokio::task::spawn_blocking(move || control.finish_shutdown(SHUTDOWN_WAIT)).await?;
         tracing::info!("blockvaultd stopped");
         served.context("gRPC server")

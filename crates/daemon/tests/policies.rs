@@ -156,6 +156,15 @@ async fn schedule_pattern_retention_and_catch_up() {
     assert!(runner.tick().0.is_empty());
     settle(&c);
 
+    // Finished jobs can be forgotten; their backups stay.
+    let before = backups(&c, vault.id).len();
+    let jobs = c.list_jobs(&admin(), false, "").unwrap().len();
+    assert_eq!(c.prune_jobs(30), 0, "nothing is 30 days old");
+    let cut = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
+    assert_eq!(c.prune_jobs_before(cut), jobs);
+    assert!(c.list_jobs(&admin(), false, "").unwrap().is_empty());
+    assert_eq!(backups(&c, vault.id).len(), before);
+
     // Locked: users cannot delete, retention still prunes.
     c.update_vault(
         &admin(),

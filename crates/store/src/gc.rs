@@ -321,30 +321,35 @@ impl Store {
                 moving.push((id, loc));
             }
         }
-        // Copy live entries into new packs, sealing each at the target size.
+        // Copy live entries into new packs, sealing each at the target size. On an error the
+        // pack being written is abandoned, so it becomes an orphan the next GC removes.
         let mut writer = self.new_pack()?;
         let mut moved = Vec::new();
-        for (id, loc) in moving {
-            let raw = match self
-                .packs
-                .read_at(loc.pack, loc.offset, loc.entry_len() as usize)
-            {
-                Ok(raw) => raw,
-                Err(e) => return Err(Error::io(self.packs.describe(loc.pack), e)),
-            };
-            // A corrupt entry is not copied; verify reports it, and its old pack is kept.
-            let Ok(env) = check_entry(raw, &id) else {
-                rewrite.remove(&loc.pack);
-                continue;
-            };
-            writer
-                .append(id, loc.raw_len, &env)
-                .map_err(|e| Error::io(self.packs.describe(writer.id()), e))?;
-            moved.push((id, loc));
-            if writer.size() >= self.config().pack_target_size {
-                let next = self.new_pack()?;
-                self.commit_rewrite(std::mem::replace(&mut writer, next), &mut moved)?;
+        let copied = (|| -> Result<()> {
+            for (id, loc) in moving {
+                let raw = self
+                    .packs
+                    .read_at(loc.pack, loc.offset, loc.entry_len() as usize)
+                    .map_err(|e| Error::io(self.packs.describe(loc.pack), e))?;
+                // A corrupt entry is not copied; verify reports it, and its old pack is kept.
+                let Ok(env) = check_entry(raw, &id) else {
+                    rewrite.remove(&loc.pack);
+                    continue;
+                };
+                writer
+                    .append(id, loc.raw_len, &env)
+                    .map_err(|e| Error::io(self.packs.describe(writer.id()), e))?;
+                moved.push((id, loc));
+                if writer.size() >= self.config().pack_target_size {
+                    let next = self.new_pack()?;
+                    self.commit_rewrite(std::mem::replace(&mut writer, next), &mut moved)?;
+                }
             }
+            Ok(())
+        })();
+        if let Err(e) = copied {
+            self.abandon_pack(writer);
+            return Err(e);
         }
         self.commit_rewrite(writer, &mut moved)?;
         for id in rewrite {
