@@ -34,6 +34,35 @@ async fn full_incremental_restore_update_delete() {
     assert_code(r, Code::FailedPrecondition);
 
     let full = backup(&mut c, &vol.id, "full", false).await;
+    // The job reports its progress: every byte done, bytes stored, a rate, nothing left.
+    let job = c
+        .jobs
+        .get(pb::GetJobRequest {
+            job_id: full.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(job.kind, "backup");
+    assert_eq!(job.state, "succeeded");
+    assert_eq!(job.backup_id, full.id);
+    assert_eq!(job.bytes_total as usize, v1.len());
+    assert_eq!(job.bytes_done, job.bytes_total);
+    assert_eq!(job.bytes_stored, full.stored_bytes);
+    assert!(job.rate_bytes_per_sec > 0.0, "{job:?}");
+    assert_eq!(job.eta_seconds, Some(0.0));
+    assert!(!job.started_at.is_empty() && !job.finished_at.is_empty());
+    // Watching a finished job sends its final state once and ends.
+    let mut w = c
+        .jobs
+        .watch(pb::WatchJobRequest {
+            job_id: full.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(w.message().await.unwrap().unwrap().state, "succeeded");
+    assert!(w.message().await.unwrap().is_none());
     assert_eq!(full.status, "available");
     assert!(!full.is_incremental);
     assert_eq!(full.size_bytes as usize, v1.len());

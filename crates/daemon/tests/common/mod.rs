@@ -116,8 +116,13 @@ pub async fn wait_job(c: &mut Client, job_id: &str) -> pb::Job {
         .await
         .unwrap()
         .into_inner();
-    let mut last = None;
+    let mut last: Option<pb::Job> = None;
     while let Some(j) = s.message().await.unwrap() {
+        // Progress only moves forward within one stream.
+        if let Some(l) = &last {
+            assert!(j.bytes_done >= l.bytes_done, "{l:?} -> {j:?}");
+            assert!(j.bytes_stored >= l.bytes_stored, "{l:?} -> {j:?}");
+        }
         last = Some(j);
     }
     let last = last.expect("watch sent at least one message");
