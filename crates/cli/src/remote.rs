@@ -369,6 +369,7 @@ pub(crate) struct Clients {
     jobs: JobsClient<Svc>,
     pub(crate) vaults: VaultsClient<Svc>,
     pub(crate) policies: PoliciesClient<Svc>,
+    maintenance: blockvault_proto::v1::maintenance_client::MaintenanceClient<Svc>,
 }
 
 /// The endpoint URL: `--endpoint`, else `<data-dir>/listen.addr`, else the default port.
@@ -449,25 +450,16 @@ pub(crate) async fn connect(conn: &Conn) -> Result<Clients> {
         backups: BackupsClient::with_interceptor(channel.clone(), auth.clone()),
         jobs: JobsClient::with_interceptor(channel.clone(), auth.clone()),
         vaults: VaultsClient::with_interceptor(channel.clone(), auth.clone()),
-        policies: PoliciesClient::with_interceptor(channel, auth),
+        policies: PoliciesClient::with_interceptor(channel.clone(), auth.clone()),
+        maintenance: blockvault_proto::v1::maintenance_client::MaintenanceClient::with_interceptor(
+            channel, auth,
+        ),
     })
 }
 
 /// `blockvault gc`: runs garbage collection in the daemon now (admins only).
 async fn gc(conn: &Conn) -> Result<ExitCode> {
-    let url = endpoint_url(conn)?;
-    let token: MetadataValue<Ascii> = token(conn)?
-        .parse()
-        .map_err(|_| anyhow!("the token contains characters not allowed in gRPC metadata"))?;
-    let channel = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("invalid endpoint {url}"))?
-        .connect()
-        .await
-        .with_context(|| format!("UNAVAILABLE: cannot connect to {url}"))?;
-    let mut m = blockvault_proto::v1::maintenance_client::MaintenanceClient::with_interceptor(
-        channel,
-        Auth(token),
-    );
+    let mut m = connect(conn).await?.maintenance;
     let r = m
         .run_gc(blockvault_proto::v1::RunGcRequest {})
         .await

@@ -569,8 +569,13 @@ fn bind_matching(st: &State, v: &mut VaultRow) {
 /// The volumes a vault's resources stand for: volume resources, and the volumes of server
 /// resources minus their exclusions.
 pub(crate) fn resource_volumes(st: &State, v: &VaultRow) -> Vec<Uuid> {
+    volumes_of(st, &v.project_id, &v.resources)
+}
+
+/// The volumes of `project` that `resources` stand for, in order, without repeats.
+fn volumes_of(st: &State, project: &str, resources: &[ResourceRow]) -> Vec<Uuid> {
     let mut out = Vec::new();
-    for r in &v.resources {
+    for r in resources {
         if r.kind == VOLUME_TYPE {
             if let Ok(id) = Uuid::parse_str(&r.id) {
                 if st.volumes.contains_key(&id) && !out.contains(&id) {
@@ -581,7 +586,7 @@ pub(crate) fn resource_volumes(st: &State, v: &VaultRow) -> Vec<Uuid> {
             let mut vols: Vec<&VolumeRow> = st
                 .volumes
                 .values()
-                .filter(|vol| vol.project_id == v.project_id && vol.server_id == r.id)
+                .filter(|vol| vol.project_id == project && vol.server_id == r.id)
                 .filter(|vol| !r.exclude_volumes.contains(&vol.id.to_string()))
                 .collect();
             vols.sort_by_key(|vol| vol.created_at);
@@ -601,13 +606,7 @@ fn view(st: &State, v: &VaultRow) -> VaultView {
         .resources
         .iter()
         .map(|r| {
-            let vols: Vec<Uuid> = resource_volumes(
-                st,
-                &VaultRow {
-                    resources: vec![r.clone()],
-                    ..v.clone()
-                },
-            );
+            let vols = volumes_of(st, &v.project_id, std::slice::from_ref(r));
             let size = vols
                 .iter()
                 .filter_map(|id| st.volumes.get(id))

@@ -31,12 +31,18 @@ impl Drop for Daemon {
 }
 
 fn spawn(data: &Path) -> Daemon {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockvaultd"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"]);
+    launch(cmd, data)
+}
+
+/// Starts `cmd` (a blockvaultd) and waits until it has written `<data>/listen.addr`.
+fn launch(mut cmd: Command, data: &Path) -> Daemon {
     let addr_file = data.join("listen.addr");
     let _ = std::fs::remove_file(&addr_file);
-    let child = Command::new(env!("CARGO_BIN_EXE_blockvaultd"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0"])
+    let child = cmd
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -197,38 +203,9 @@ async fn kill_9_during_backups_loses_no_committed_backup() {
 }
 
 fn spawn_default(cwd: &Path) -> Daemon {
-    let data = cwd.join("blockvault-data");
-    let _ = std::fs::remove_file(data.join("listen.addr"));
-    let child = Command::new(env!("CARGO_BIN_EXE_blockvaultd"))
-        .current_dir(cwd)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start blockvaultd");
-    let mut d = Daemon {
-        child,
-        endpoint: String::new(),
-        token: String::new(),
-    };
-    let start = Instant::now();
-    while !data.join("listen.addr").exists() {
-        if let Some(st) = d.child.try_wait().unwrap() {
-            panic!("blockvaultd exited early: {st}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "daemon did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let addr = std::fs::read_to_string(data.join("listen.addr")).unwrap();
-    d.endpoint = format!("http://{}", addr.trim());
-    d.token = std::fs::read_to_string(data.join("admin.token"))
-        .unwrap()
-        .trim()
-        .to_string();
-    d
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockvaultd"));
+    cmd.current_dir(cwd);
+    launch(cmd, &cwd.join("blockvault-data"))
 }
 
 /// `blockvaultd` with no arguments: data under the working directory, 127.0.0.1 only, a private
