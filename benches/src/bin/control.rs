@@ -7,7 +7,9 @@
 //!    the real gRPC stack. Reported: calls per second and p50/p99/max latency.
 //! 2. **Throughput**: a full backup of `--image` through the daemon (Create, then Watch until
 //!    done) against `Engine::backup` of the same image into a fresh store, alternating, `--runs`
-//!    times each; medians and the daemon's overhead in percent.
+//!    times each; medians and the daemon's overhead in percent. The daemon runs twice per round:
+//!    without a vault, and into a vault (whose usage ledger counts every manifest entry), each
+//!    followed by an incremental of the unchanged image, where the ledger's share is largest.
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,6 +71,7 @@ struct Client {
     volumes: pb::volumes_client::VolumesClient<Svc>,
     backups: pb::backups_client::BackupsClient<Svc>,
     jobs: pb::jobs_client::JobsClient<Svc>,
+    vaults: pb::vaults_client::VaultsClient<Svc>,
 }
 
 async fn connect(endpoint: &str, token: &str) -> Result<Client> {
@@ -79,7 +82,8 @@ async fn connect(endpoint: &str, token: &str) -> Result<Client> {
     Ok(Client {
         volumes: pb::volumes_client::VolumesClient::with_interceptor(ch.clone(), t.clone()),
         backups: pb::backups_client::BackupsClient::with_interceptor(ch.clone(), t.clone()),
-        jobs: pb::jobs_client::JobsClient::with_interceptor(ch, t),
+        jobs: pb::jobs_client::JobsClient::with_interceptor(ch.clone(), t.clone()),
+        vaults: pb::vaults_client::VaultsClient::with_interceptor(ch, t),
     })
 }
 
@@ -96,13 +100,16 @@ async fn register(c: &mut Client, path: &Path) -> Result<String> {
         .id)
 }
 
-/// Creates a backup and waits for its job; returns the seconds from Create to the job's end.
-async fn backup(c: &mut Client, volume: &str) -> Result<f64> {
+/// Creates a backup (into `container` when not empty) and waits for its job; returns the
+/// seconds from Create to the job's end.
+async fn backup(c: &mut Client, volume: &str, container: &str, incremental: bool) -> Result<f64> {
     let t = Instant::now();
     let r = c
         .backups
         .create(pb::CreateBackupRequest {
             volume_id: volume.into(),
+            container: container.into(),
+            incremental,
             ..Default::default()
         })
         .await?
@@ -182,17 +189,38 @@ fn report(name: &str, rate: f64, lat: &[Duration]) {
     );
 }
 
-/// Seconds of a full backup of `image` through a fresh daemon (Create until the job ends).
-async fn daemon_backup(work: &Path, image: &Path, run: usize) -> Result<f64> {
+/// Seconds of a full backup of `image` through a fresh daemon (Create until the job ends), then
+/// of an incremental of the unchanged image; into a vault when `vault`.
+async fn daemon_backup(work: &Path, image: &Path, run: usize, vault: bool) -> Result<(f64, f64)> {
     let ddir = work.join(format!("daemon-{run}"));
     let _ = std::fs::remove_dir_all(&ddir);
     let d = blockvault_daemon::start(config(&ddir)).await?;
     let mut c = connect(&d.endpoint(), &d.admin_token).await?;
     let v = register(&mut c, image).await?;
-    let secs = backup(&mut c, &v).await?;
+    let container = if vault {
+        c.vaults
+            .create(pb::CreateVaultRequest {
+                name: "bench".into(),
+                billing: Some(pb::Billing {
+                    consistent_level: "crash_consistent".into(),
+                    object_type: "disk".into(),
+                    protect_type: "backup".into(),
+                    size: 1000,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .id
+    } else {
+        String::new()
+    };
+    let full = backup(&mut c, &v, &container, false).await?;
+    let incr = backup(&mut c, &v, &container, true).await?;
     d.stop().await?;
     std::fs::remove_dir_all(&ddir)?;
-    Ok(secs)
+    Ok((full, incr))
 }
 
 /// Seconds of `Engine::backup` of `image` into a fresh store.
@@ -241,7 +269,7 @@ async fn main() -> Result<()> {
     std::fs::write(&small, blockvault_benches::mixed_buffer(256 << 10, 3))?;
     let sv = register(&mut c, &small).await?;
     for _ in 0..args.backups {
-        backup(&mut c, &sv).await?;
+        backup(&mut c, &sv, "", false).await?;
     }
     let copy = work.join("second.img");
     std::fs::copy(&args.image, &copy)?;
@@ -255,7 +283,7 @@ async fn main() -> Result<()> {
         loaders.push(tokio::spawn(async move {
             let mut n = 0u32;
             while busy.load(Ordering::Relaxed) {
-                backup(&mut c, &v).await?;
+                backup(&mut c, &v, "", false).await?;
                 n += 1;
             }
             anyhow::Ok(n)
@@ -327,37 +355,57 @@ async fn main() -> Result<()> {
     );
     d.stop().await?;
 
-    // ---- 2. throughput: daemon vs library
-    let mut via_daemon = Vec::new();
-    let mut via_lib = Vec::new();
+    // ---- 2. throughput: daemon vs library, and the vault ledger's cost
+    let mb_s = |secs: f64| size as f64 / secs / 1e6;
+    let (mut lib, mut dfull, mut dincr, mut vfull, mut vincr) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
-        // Alternate which goes first, so neither always runs on a warmer machine.
-        if run % 2 == 0 {
-            via_daemon.push(size as f64 / daemon_backup(&work, &args.image, run).await? / 1e6);
-            via_lib.push(size as f64 / library_backup(&work, &args.image, run).await? / 1e6);
-        } else {
-            via_lib.push(size as f64 / library_backup(&work, &args.image, run).await? / 1e6);
-            via_daemon.push(size as f64 / daemon_backup(&work, &args.image, run).await? / 1e6);
+        // Rotate which goes first, so none always runs on a warmer machine.
+        for step in 0..3 {
+            match (run + step) % 3 {
+                0 => lib.push(mb_s(library_backup(&work, &args.image, run).await?)),
+                1 => {
+                    let (f, i) = daemon_backup(&work, &args.image, run, false).await?;
+                    dfull.push(mb_s(f));
+                    dincr.push(mb_s(i));
+                }
+                _ => {
+                    let (f, i) = daemon_backup(&work, &args.image, run, true).await?;
+                    vfull.push(mb_s(f));
+                    vincr.push(mb_s(i));
+                }
+            }
         }
         eprintln!(
-            "run {run}: daemon {:.0} MB/s, library {:.0} MB/s",
-            via_daemon[run], via_lib[run]
+            "run {run}: library {:.0}, daemon {:.0} (incr {:.0}), daemon+vault {:.0} (incr {:.0}) MB/s",
+            lib[run], dfull[run], dincr[run], vfull[run], vincr[run]
         );
     }
-    let (md, ml) = (median(&mut via_daemon), median(&mut via_lib));
+    let ml = median(&mut lib);
+    let (md, mdi) = (median(&mut dfull), median(&mut dincr));
+    let (mv, mvi) = (median(&mut vfull), median(&mut vincr));
     println!();
     println!(
-        "## Full backup of {} MB: daemon vs library (median of {})",
+        "## Backup of {} MB: daemon vs library, with and without a vault (median of {})",
         size / 1_000_000,
         args.runs
     );
     println!();
-    println!("| path | MB/s |");
-    println!("|---|---|");
-    println!("| library (Engine::backup) | {ml:.0} |");
-    println!("| daemon (Create + Watch) | {md:.0} |");
+    println!("| path | full MB/s | incremental (unchanged) MB/s |");
+    println!("|---|---|---|");
+    println!("| library (Engine::backup) | {ml:.0} | |");
+    println!("| daemon (Create + Watch) | {md:.0} | {mdi:.0} |");
+    println!("| daemon, into a vault | {mv:.0} | {mvi:.0} |");
     println!();
-    println!("daemon overhead: {:.1} %", (ml - md) / ml * 100.0);
+    println!(
+        "daemon overhead on the full backup: {:.1} %",
+        (ml - md) / ml * 100.0
+    );
+    println!(
+        "vault ledger cost: full {:.1} %, incremental {:.1} %",
+        (md - mv) / md * 100.0,
+        (mdi - mvi) / mdi * 100.0
+    );
     let _ = v1;
     Ok(())
 }

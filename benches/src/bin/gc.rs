@@ -12,7 +12,12 @@
 //! 2. the older half of the backups left is deleted;
 //! 3. nothing is deleted: the GC only scans (its fixed cost on this store).
 //!
-//! For each it prints every `GcReport` field, pack bytes before and after, live bytes, the packs
+//! Then backup throughput with and without GC, in the same run: `--gc-runs` pairs of incremental
+//! backups (the image changed by `--change-pct` before each), one with nothing else running and
+//! one while a thread runs GC back to back; before the GC one, the oldest backup is deleted so the
+//! GC has data to reclaim. Pairs alternate which goes first; medians are printed.
+//!
+//! For each GC it prints every `GcReport` field, pack bytes before and after, live bytes, the packs
 //! the GC removed and wrote (by diffing the sealed-pack list), GC wall time, and the process's RSS
 //! before the GC and its peak during it (`VmHWM`, reset through /proc/self/clear_refs). Last,
 //! the whole store is verified and the oldest and the newest remaining backups are restored and
@@ -58,6 +63,9 @@ struct Args {
     /// Worker threads of the engine (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Pairs of incremental backups timed with and without GC running alongside.
+    #[arg(long, default_value_t = 3)]
+    gc_runs: usize,
     /// With --work: keep the store and the image instead of removing them at the end.
     #[arg(long)]
     keep: bool,
@@ -449,6 +457,76 @@ fn main() -> Result<()> {
         run_phase(&engine, "nothing deleted", &mut backups, |_, _| false)?,
     ];
 
+    // ---- Backup throughput with and without GC running alongside.
+    let mut alone = Vec::new();
+    let mut with_gc = Vec::new();
+    let mut gc_passes = Vec::new();
+    let mut next_round = backups.last().map_or(0, |b| b.round + 1);
+    for run in 0..args.gc_runs {
+        for step in 0..2 {
+            let gc = (run + step) % 2 == 1;
+            if gc && backups.len() > 1 {
+                let old = backups.remove(0);
+                engine.delete(&old.id)?;
+            }
+            modify_in_place(
+                &image,
+                args.change_pct / 100.0,
+                1000 + next_round as u64,
+                &corpus,
+            )?;
+            let blocks = block_hashes(&image)?;
+            let mut o = BackupOptions::new(volume.clone(), &image);
+            o.encrypt = encrypt;
+            o.incremental = true;
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let (rec, secs, passes) = std::thread::scope(|s| -> Result<_> {
+                let looper = gc.then(|| {
+                    s.spawn(|| -> Result<(usize, u64)> {
+                        let (mut n, mut reclaimed) = (0, 0);
+                        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                            reclaimed += engine.gc()?.reclaimed_bytes();
+                            n += 1;
+                        }
+                        Ok((n, reclaimed))
+                    })
+                });
+                let t = Instant::now();
+                let rec = engine.backup(o);
+                let secs = t.elapsed().as_secs_f64();
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                let passes = match looper {
+                    Some(h) => Some(h.join().expect("gc thread")?),
+                    None => None,
+                };
+                Ok((rec?, secs, passes))
+            })?;
+            let rate = rec.size as f64 / MB / secs;
+            match passes {
+                Some((n, reclaimed)) => {
+                    println!(
+                        "incremental {next_round} with GC running: {rate:.0} MB/s ({secs:.2} s); \
+                         {n} GC passes meanwhile reclaimed {}",
+                        mb(reclaimed)
+                    );
+                    with_gc.push(rate);
+                    gc_passes.push(n);
+                }
+                None => {
+                    println!("incremental {next_round} alone: {rate:.0} MB/s ({secs:.2} s)");
+                    alone.push(rate);
+                }
+            }
+            backups.push(Backup {
+                id: rec.id,
+                round: next_round,
+                size: rec.size,
+                blocks,
+            });
+            next_round += 1;
+        }
+    }
+
     // ---- Checks.
     let t = Instant::now();
     let v = engine.verify(None, &NoProgress).context("verify")?;
@@ -493,6 +571,24 @@ fn main() -> Result<()> {
         "restores compared with their source versions: {}",
         restores.join("; ")
     );
+    if !alone.is_empty() && !with_gc.is_empty() {
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let (a, g) = (median(&mut alone), median(&mut with_gc));
+        println!(
+            "incremental backup ({:.0} % changed), median of {}: alone {a:.0} MB/s, with GC \
+             running {g:.0} MB/s ({:+.1} %; {} GC passes per backup, median)",
+            args.change_pct,
+            alone.len(),
+            (g - a) / a * 100.0,
+            {
+                gc_passes.sort();
+                gc_passes[gc_passes.len() / 2]
+            }
+        );
+    }
 
     drop(engine);
     if args.keep {

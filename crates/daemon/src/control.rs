@@ -99,6 +99,8 @@ pub(crate) struct State {
     pub(crate) jobs: HashMap<Uuid, JobRow>,
     pub(crate) vaults: HashMap<Uuid, VaultRow>,
     pub(crate) policies: HashMap<Uuid, PolicyRow>,
+    /// Used bytes per vault, from the usage ledger (`usage.rs`).
+    pub(crate) usage: HashMap<Uuid, u64>,
     running: HashMap<Uuid, Running>,
     next_seq: u64,
 }
@@ -246,6 +248,9 @@ pub struct Control {
     pub(crate) db: ControlDb,
     pub(crate) state: Mutex<State>,
     pub(crate) events: tokio::sync::broadcast::Sender<crate::vault::VaultEvent>,
+    /// Serialises the usage ledger's read-modify-write batches (`usage.rs`); taken before
+    /// `state`, never while holding it.
+    pub(crate) ledger: Mutex<()>,
     concurrency: usize,
     restore_dir: PathBuf,
     changes: tokio::sync::watch::Sender<u64>,
@@ -272,6 +277,7 @@ impl Control {
             jobs: loaded.jobs.into_iter().map(|j| (j.id, j)).collect(),
             vaults: loaded.vaults.into_iter().map(|v| (v.id, v)).collect(),
             policies: loaded.policies.into_iter().map(|p| (p.id, p)).collect(),
+            usage: db.vault_usage().map_err(|e| e.to_string())?,
             running: HashMap::new(),
         };
         recover(&db, &mut st).map_err(|e| e.message().to_string())?;
@@ -289,8 +295,12 @@ impl Control {
             restore_dir,
             changes: tokio::sync::watch::channel(0).0,
             events: tokio::sync::broadcast::channel(256).0,
+            ledger: Mutex::new(()),
             shutting_down: AtomicBool::new(false),
         });
+        control
+            .reconcile_usage()
+            .map_err(|e| format!("reconciling vault usage: {e}"))?;
         for id in deleting {
             tracing::info!(backup = %id, "finishing a delete interrupted by a restart");
             control.finish_delete(id);
@@ -812,11 +822,18 @@ impl Control {
     /// Drops a `deleting` backup's data references and its row; on failure marks it
     /// `error_deleting` and returns the reason.
     fn finish_delete(&self, id: Uuid) -> Option<String> {
-        let res = match self.engine.delete(&BackupId(id)) {
+        let vault = self.state.lock().backups.get(&id).and_then(|b| b.vault_id);
+        let uncharged = match vault {
+            Some(v) => self
+                .uncharge(v, id)
+                .map_err(|e| format!("uncounting the backup from vault {v}: {e}")),
+            None => Ok(()),
+        };
+        let res = uncharged.and_then(|()| match self.engine.delete(&BackupId(id)) {
             Ok(()) => Ok(()),
             Err(EngineError::Store(blockvault_store::Error::BackupNotFound(_))) => Ok(()),
             Err(e) => Err(e.to_string()),
-        };
+        });
         let mut st = self.state.lock();
         let outcome = match res {
             Ok(()) => {
@@ -825,7 +842,7 @@ impl Control {
                     ..Default::default()
                 };
                 if let Some(vid) = st.backups.get(&id).and_then(|b| b.vault_id) {
-                    ch.vaults = crate::vault::after_usage_change(self, &st, vid, &[], &[id]);
+                    ch.vaults = crate::vault::after_usage_change(self, &st, vid);
                 }
                 ch
             }
@@ -1002,7 +1019,27 @@ impl Control {
         b.job_id = None;
         b.fail_reason = None;
         b.updated_at = now();
+        // The vault it came from, if this daemon has it in the caller's project.
+        b.vault_id = b.vault_id.filter(|v| {
+            st.vaults
+                .get(v)
+                .is_some_and(|v| v.project_id == caller.project)
+        });
         Changes::backup(b.clone()).commit(&self.db, &mut st)?;
+        drop(st);
+        if let Some(vault) = b.vault_id {
+            if let Err(e) = self.charge(vault, b.id, &|| false) {
+                return Err(internal(format!(
+                    "imported, but counting it in vault {vault} failed: {e}"
+                )));
+            }
+            let mut st = self.state.lock();
+            let ch = Changes {
+                vaults: crate::vault::after_usage_change(self, &st, vault),
+                ..Default::default()
+            };
+            ch.commit(&self.db, &mut st)?;
+        }
         Ok(b)
     }
 
@@ -1145,6 +1182,7 @@ impl Control {
                 .name(format!("bv-job-{}", &id.to_string()[..8]))
                 .spawn(move || {
                     let outcome = me.execute(&job, &run);
+                    let outcome = me.charge_backup(&job, &run, outcome);
                     me.finish(id, outcome);
                     me.dispatch();
                 });
@@ -1195,6 +1233,56 @@ impl Control {
                 opts.cancel = run.cancel.clone();
                 self.engine.restore(opts).map(|_| ())
             }
+        }
+    }
+
+    /// Counts a backup the engine committed in its vault's usage (`usage.rs`) before the job ends,
+    /// so an `available` backup is always counted. A backup that does not fit the vault (the
+    /// charge counts chunks already stored for others too) is uncounted and failed as over
+    /// capacity, unless the vault has auto_expand.
+    fn charge_backup(
+        &self,
+        job: &JobRow,
+        run: &Running,
+        outcome: Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        if job.kind != JobKind::Backup || outcome.is_err() {
+            return outcome;
+        }
+        let vault = {
+            let st = self.state.lock();
+            st.backups
+                .get(&job.backup_id)
+                .and_then(|b| b.vault_id)
+                .and_then(|v| st.vaults.get(&v))
+                .map(|v| (v.id, v.auto_expand, v.billing.size_gb))
+        };
+        let Some((vault, auto_expand, size_gb)) = vault else {
+            return Ok(());
+        };
+        let undo = |res: Result<(), EngineError>| {
+            if let Err(e) = self.uncharge(vault, job.backup_id) {
+                tracing::error!(backup = %job.backup_id, error = %e, "undoing a vault charge");
+            }
+            res
+        };
+        match self.charge(vault, job.backup_id, &|| run.cancel.is_cancelled()) {
+            Ok(crate::usage::Charged::Done(used)) => {
+                let cap = (size_gb.max(0) as u64).saturating_mul(crate::vault::GB);
+                if !auto_expand && used > cap {
+                    run.progress.over.store(true, Ordering::SeqCst);
+                    return undo(Err(EngineError::Cancelled));
+                }
+                Ok(())
+            }
+            // Shutdown: keep what is counted; start-up reconciliation settles it.
+            Ok(crate::usage::Charged::Stopped) if run.suspend.load(Ordering::SeqCst) => {
+                Err(EngineError::Cancelled)
+            }
+            Ok(crate::usage::Charged::Stopped) => undo(Err(EngineError::Cancelled)),
+            Err(e) => undo(Err(EngineError::Internal(format!(
+                "counting the backup in vault {vault}: {e}"
+            )))),
         }
     }
 
@@ -1260,7 +1348,7 @@ impl Control {
             }
             if kind == JobKind::Backup {
                 if let Some(vid) = ch.backups.first().and_then(|b| b.vault_id) {
-                    ch.vaults = crate::vault::after_usage_change(self, &st, vid, &ch.backups, &[]);
+                    ch.vaults = crate::vault::after_usage_change(self, &st, vid);
                 }
             }
             ch

@@ -16,6 +16,7 @@ pub mod export;
 pub mod model;
 pub mod policy;
 pub mod server;
+pub mod usage;
 pub mod vault;
 
 pub use config::Config;

@@ -22,7 +22,23 @@ const CF_BACKUPS: &str = "backups";
 const CF_JOBS: &str = "jobs";
 const CF_VAULTS: &str = "vaults";
 const CF_POLICIES: &str = "policies";
-const ALL_CFS: [&str; 5] = [CF_VOLUMES, CF_BACKUPS, CF_JOBS, CF_VAULTS, CF_POLICIES];
+/// Vault usage ledger: `vault ‖ chunk -> count u64 LE ‖ entry size u32 LE` (see `usage.rs`).
+pub(crate) const CF_VAULT_CHUNKS: &str = "vault_chunks";
+/// Vault usage ledger: `vault ‖ backup -> first u32 LE ‖ end u32 LE ‖ complete u8`, the manifest
+/// blocks `[first, end)` of the backup counted in the vault.
+pub(crate) const CF_VAULT_CHARGES: &str = "vault_charges";
+/// Vault usage ledger: `vault -> used bytes u64 LE`.
+pub(crate) const CF_VAULT_USED: &str = "vault_used";
+const ALL_CFS: [&str; 8] = [
+    CF_VOLUMES,
+    CF_BACKUPS,
+    CF_JOBS,
+    CF_VAULTS,
+    CF_POLICIES,
+    CF_VAULT_CHUNKS,
+    CF_VAULT_CHARGES,
+    CF_VAULT_USED,
+];
 
 /// A volume's Cinder-style status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,7 +207,7 @@ pub struct ResourceRow {
 }
 
 /// A vault's billing/capacity block (the recorded-only fields are kept as given).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BillingRow {
     pub cloud_type: String,
@@ -363,7 +379,7 @@ pub enum DbError {
 
 /// The control database.
 pub struct ControlDb {
-    db: DB,
+    pub(crate) db: DB,
 }
 
 /// Changes written together, atomically and durably.
@@ -485,6 +501,7 @@ impl TxnBuilder<'_> {
     }
 
     pub fn delete_vault(&mut self, id: &Uuid) -> &mut Self {
+        self.delete(CF_VAULT_USED, id);
         self.delete(CF_VAULTS, id)
     }
 

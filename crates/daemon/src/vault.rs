@@ -1,13 +1,9 @@
 //! Vaults and backup policies (the cloud vault API): validation, capacity and threshold events,
 //! locked vaults, resource binding.
 //!
-//! **Usage attribution.** A vault's `used` is the sum, over its available backups, of the bytes
-//! each backup added to the store when it was made (its `stored_bytes`): the first backup to store
-//! a chunk pays for it, later backups that reuse the chunk pay nothing. So `used` counts every
-//! stored byte of the vault exactly once and never charges dedup hits. A chunk shared with a
-//! backup of another vault is charged to whichever stored it first. When the paying backup is
-//! deleted, chunks that later backups still use stay in the store but leave `used` (documented
-//! under-count; GC and a fresh full backup settle it).
+//! **Usage.** A vault's `used` is the stored size of the distinct chunks its available backups
+//! reference, kept exactly by the usage ledger (`usage.rs`): a chunk shared by several backups of
+//! the vault counts once, and a chunk shared with another vault counts in both.
 use std::collections::HashSet;
 
 use tonic::Status;
@@ -332,12 +328,7 @@ fn check_policy(st: &State, project: &str, id: &str) -> Result<Option<Uuid>, Sta
 
 /// Bytes the vault's available backups occupy (see the module docs).
 pub(crate) fn used_bytes(st: &State, vault: &Uuid) -> u64 {
-    st.backups
-        .values()
-        .filter(|b| b.vault_id == Some(*vault))
-        .filter(|b| matches!(b.status, BackupStatus::Available | BackupStatus::Restoring))
-        .map(|b| b.stored_bytes)
-        .sum()
+    st.usage.get(vault).copied().unwrap_or(0)
 }
 
 fn capacity(v: &VaultRow) -> u64 {
@@ -432,28 +423,14 @@ pub(crate) fn capacity_message(st: &State, backup: &Uuid) -> String {
     }
 }
 
-/// Re-evaluates a vault after its usage changed (`changed` rows replace theirs, `gone` rows are
-/// left out): grows the capacity under auto_expand, and raises a threshold event once per
-/// upward crossing (re-armed when usage falls below). Returns the vault row to write, if changed.
-pub(crate) fn after_usage_change(
-    control: &Control,
-    st: &State,
-    vault: Uuid,
-    changed: &[BackupRow],
-    gone: &[Uuid],
-) -> Vec<VaultRow> {
+/// Re-evaluates a vault after its usage changed: grows the capacity under auto_expand, and raises
+/// a threshold event once per upward crossing (re-armed when usage falls below). Returns the vault
+/// row to write, if changed.
+pub(crate) fn after_usage_change(control: &Control, st: &State, vault: Uuid) -> Vec<VaultRow> {
     let Some(old) = st.vaults.get(&vault) else {
         return Vec::new();
     };
-    let used: u64 = st
-        .backups
-        .values()
-        .filter(|b| !gone.contains(&b.id) && !changed.iter().any(|c| c.id == b.id))
-        .chain(changed.iter())
-        .filter(|b| b.vault_id == Some(vault))
-        .filter(|b| matches!(b.status, BackupStatus::Available | BackupStatus::Restoring))
-        .map(|b| b.stored_bytes)
-        .sum();
+    let used = used_bytes(st, &vault);
     let mut v = old.clone();
     let mut events = Vec::new();
     if v.auto_expand && used > capacity(&v) {

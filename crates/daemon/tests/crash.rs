@@ -1,7 +1,8 @@
 //! Crash safety of the daemon: `blockvaultd` runs as a subprocess and is killed with SIGKILL in the
 //! middle of backups, at several points. After each restart, the interrupted job is reported as
 //! failed ("interrupted"), every committed backup restores byte-exact through the daemon, and at
-//! the end the whole store verifies clean, before and after GC reclaims the partial data.
+//! the end the whole store verifies clean, before and after GC reclaims the partial data, and the
+//! vault's usage ledger equals a count from scratch.
 mod common;
 
 use std::collections::HashMap;
@@ -109,13 +110,26 @@ async fn kill_9_during_backups_loses_no_committed_backup() {
     let mut d = spawn(&data);
     let mut c = connect(&d.endpoint, Some(&d.token)).await;
     let vol = register(&mut c, &img, "vol").await;
-    let full = backup(&mut c, &vol.id, "full", false).await;
-    committed.insert(full.id.clone(), hash_file(&img));
+    let vault = create_vault(&mut c, "crash", 100).await;
+    let r = c
+        .backups
+        .create(pb::CreateBackupRequest {
+            volume_id: vol.id.clone(),
+            name: "full".into(),
+            container: vault.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(wait_job(&mut c, &r.job_id).await.state, "succeeded");
+    committed.insert(r.backup.unwrap().id, hash_file(&img));
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(99);
     let mut interrupted = 0;
-    // Kill points: right after the request, then at fractions of the bytes done.
-    for (round, frac) in [0.0, 0.15, 0.5, 0.85].into_iter().enumerate() {
+    // Kill points: right after the request, then at fractions of the bytes done; at 1.0 the
+    // backup is committing or being counted in the vault.
+    for (round, frac) in [0.0, 0.15, 0.5, 0.85, 1.0].into_iter().enumerate() {
         // Rewrite half of the volume so the backup has real work to do.
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
         let mut buf = vec![0u8; size / 2];
@@ -131,6 +145,7 @@ async fn kill_9_during_backups_loses_no_committed_backup() {
             .create(pb::CreateBackupRequest {
                 volume_id: vol.id.clone(),
                 name: format!("round-{round}"),
+                container: vault.clone(),
                 incremental: true,
                 ..Default::default()
             })
@@ -180,12 +195,19 @@ async fn kill_9_during_backups_loses_no_committed_backup() {
         interrupted >= 2,
         "only {interrupted} rounds were cut mid-backup"
     );
+    let used = vault_used_mb(&mut c, &vault).await;
     drop(c);
     drop(d);
 
     // The whole store verifies clean; GC reclaims the partial data and breaks nothing.
     let store = data.join("store");
     let engine = Engine::open(&store, EngineOptions::default()).unwrap();
+    let exact = usage_oracle(engine.store(), committed.keys().map(String::as_str));
+    assert_eq!(
+        used,
+        exact.div_ceil(1_000_000),
+        "vault usage after the crashes"
+    );
     let report = engine.verify(None, &NoProgress).unwrap();
     assert!(report.is_clean(), "{report:?}");
     let gc = engine.gc().unwrap();

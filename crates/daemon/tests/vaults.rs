@@ -674,22 +674,13 @@ async fn capacity_threshold_events_and_auto_expand() {
     );
     let now = get(&mut v).await;
     assert_eq!(now.billing.as_ref().unwrap().size, 2);
-    // `used` is the sum of what each available backup added to the store (ARCHITECTURE.md):
-    // the failed attempt's chunks were reused by the retry, so the retry added less than 300 MB.
-    let listed = c
-        .backups
-        .list(pb::ListBackupsRequest {
-            detail: true,
-            filters: [("status".to_string(), "available".to_string())].into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .backups;
-    let sum: u64 = listed.iter().map(|b| b.stored_bytes).sum();
-    assert_eq!(used(&now) as u64, sum.div_ceil(1_000_000), "{now:?}");
-    assert!(used(&now) > 1000, "{now:?}");
+    // `used` is exact: the stored bytes of the distinct chunks of the vault's available backups,
+    // although the retry reused the chunks its failed attempt had stored.
+    let ids = available_in(&mut c, &vt.id).await;
+    assert_eq!(ids.len(), 4);
+    let exact = usage_oracle(d.control.engine().store(), ids.iter().map(String::as_str));
+    assert_eq!(used(&now) as u64, exact.div_ceil(1_000_000), "{now:?}");
+    assert!(used(&now) > 1200, "{now:?}");
 
     // Falling below re-arms; the next upward crossing fires again, exactly once.
     for b in c
@@ -727,6 +718,127 @@ async fn capacity_threshold_events_and_auto_expand() {
     let e = next_event(&mut events).await.expect("second crossing");
     assert_eq!(e.kind, "threshold_exceeded");
     assert!(next_event(&mut events).await.is_none());
+    d.stop().await.unwrap();
+}
+
+/// `used` is exact after dedup: a vault is charged for every distinct chunk its available backups
+/// reference, whoever stored the chunk first. Checked against a from-scratch count over the
+/// manifests, across shared chunks, deletes, a refused backup and a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_counts_every_distinct_chunk_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = start(&data).await;
+    let tok = d.admin_token.clone();
+    let mut c = connect(&d.endpoint(), Some(&tok)).await;
+    let mut v = vaults_client(&d).await;
+    let vt = v
+        .create(authed(&tok, vault("exact", 1)))
+        .await
+        .unwrap()
+        .into_inner();
+    let other = v
+        .create(authed(&tok, vault("other", 10)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut vols = Vec::new();
+    for i in 0..4u64 {
+        let p = dir.path().join(format!("u{i}.img"));
+        std::fs::write(&p, blockvault_random(300_000_000, 100 + i)).unwrap();
+        vols.push(register(&mut c, &p, &format!("u{i}")).await.id);
+    }
+    let used_mb = |v: &mut Vaults, id: String| {
+        let tok = tok.clone();
+        let mut v = v.clone();
+        async move {
+            v.get(authed(&tok, pb::GetVaultRequest { vault_id: id }))
+                .await
+                .unwrap()
+                .into_inner()
+                .billing
+                .unwrap()
+                .used as u64
+        }
+    };
+    async fn check(c: &mut Client, d: &blockvault_daemon::Running, vault: &str, used_mb: u64) {
+        let ids = available_in(c, vault).await;
+        let exact = usage_oracle(d.control.engine().store(), ids.iter().map(String::as_str));
+        assert_eq!(used_mb, exact.div_ceil(1_000_000), "vault {vault}: {ids:?}");
+    }
+    let ok = |j: pb::Job| assert_eq!(j.state, "succeeded", "{j:?}");
+
+    // Every chunk of u0 is stored by a backup outside any vault first; backing u0 up into the
+    // vault stores nothing new, yet the vault holds 300 MB.
+    let outside = backup(&mut c, &vols[0], "outside", false).await;
+    let first = backup_into(&mut c, &vols[0], &vt.id, false).await.unwrap();
+    assert_eq!(first.state, "succeeded", "{first:?}");
+    let u = used_mb(&mut v, vt.id.clone()).await;
+    assert!((300..=302).contains(&u), "{u}");
+    check(&mut c, &d, &vt.id, u).await;
+    // A second full backup of the same data adds nothing; another vault is charged in full.
+    ok(backup_into(&mut c, &vols[0], &vt.id, false).await.unwrap());
+    assert_eq!(used_mb(&mut v, vt.id.clone()).await, u);
+    ok(backup_into(&mut c, &vols[0], &other.id, false)
+        .await
+        .unwrap());
+    assert_eq!(used_mb(&mut v, other.id.clone()).await, u);
+    check(&mut c, &d, &other.id, u).await;
+    // Deleting the backup that stored the chunks, and the vault's first backup, leaves the
+    // vault's usage as it was: its remaining backup still occupies the bytes.
+    c.backups
+        .delete(pb::DeleteBackupRequest {
+            backup_id: outside.id.clone(),
+        })
+        .await
+        .unwrap();
+    c.backups
+        .delete(pb::DeleteBackupRequest {
+            backup_id: first.backup_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(used_mb(&mut v, vt.id.clone()).await, u);
+    check(&mut c, &d, &vt.id, u).await;
+
+    // The capacity applies to the charged figure: u3's chunks are all stored already (outside
+    // the vault), but they do not fit next to 900 MB in a 1 GB vault.
+    for vol in &vols[1..] {
+        backup(&mut c, vol, "outside", false).await;
+    }
+    ok(backup_into(&mut c, &vols[1], &vt.id, false).await.unwrap());
+    ok(backup_into(&mut c, &vols[2], &vt.id, false).await.unwrap());
+    let full = used_mb(&mut v, vt.id.clone()).await;
+    assert!((900..=904).contains(&full), "{full}");
+    let j = backup_into(&mut c, &vols[3], &vt.id, false).await.unwrap();
+    assert_eq!(j.state, "failed", "{j:?}");
+    assert!(j.fail_reason.contains("RESOURCE_EXHAUSTED"), "{j:?}");
+    assert_eq!(get_backup(&mut c, &j.backup_id).await.status, "error");
+    assert_eq!(used_mb(&mut v, vt.id.clone()).await, full);
+    check(&mut c, &d, &vt.id, full).await;
+
+    // The ledger survives a restart unchanged.
+    drop(c);
+    d.stop().await.unwrap();
+    let d = start(&data).await;
+    let mut c = connect(&d.endpoint(), Some(&tok)).await;
+    let mut v = vaults_client(&d).await;
+    assert_eq!(used_mb(&mut v, vt.id.clone()).await, full);
+    check(&mut c, &d, &vt.id, full).await;
+    // Emptying the vault brings it to zero.
+    let failed = j.backup_id;
+    for id in available_in(&mut c, &vt.id)
+        .await
+        .into_iter()
+        .chain([failed])
+    {
+        c.backups
+            .delete(pb::DeleteBackupRequest { backup_id: id })
+            .await
+            .unwrap();
+    }
+    assert_eq!(used_mb(&mut v, vt.id.clone()).await, 0);
+    assert_eq!(used_mb(&mut v, other.id.clone()).await, u);
     d.stop().await.unwrap();
 }
 

@@ -7,6 +7,7 @@ use blockvault_daemon::{Config, Running};
 use blockvault_proto::v1 as pb;
 use pb::backups_client::BackupsClient;
 use pb::jobs_client::JobsClient;
+use pb::vaults_client::VaultsClient;
 use pb::volumes_client::VolumesClient;
 use rand::{RngCore, SeedableRng};
 use tonic::metadata::{Ascii, MetadataValue};
@@ -30,12 +31,13 @@ impl Interceptor for Token {
 
 type Svc = InterceptedService<Channel, Token>;
 
-/// Clients of the three services with one token.
+/// Clients of the services with one token.
 #[derive(Clone)]
 pub struct Client {
     pub volumes: VolumesClient<Svc>,
     pub backups: BackupsClient<Svc>,
     pub jobs: JobsClient<Svc>,
+    pub vaults: VaultsClient<Svc>,
 }
 
 pub async fn connect(endpoint: &str, token: Option<&str>) -> Client {
@@ -48,7 +50,8 @@ pub async fn connect(endpoint: &str, token: Option<&str>) -> Client {
     Client {
         volumes: VolumesClient::with_interceptor(ch.clone(), t.clone()),
         backups: BackupsClient::with_interceptor(ch.clone(), t.clone()),
-        jobs: JobsClient::with_interceptor(ch, t),
+        jobs: JobsClient::with_interceptor(ch.clone(), t.clone()),
+        vaults: VaultsClient::with_interceptor(ch, t),
     }
 }
 
@@ -225,4 +228,80 @@ pub fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), dest).unwrap();
         }
     }
+}
+
+/// A vault's usage computed from scratch, independently of the daemon's ledger: the pack-entry
+/// bytes of the distinct chunks named by the manifests of `backups`.
+pub fn usage_oracle<'a>(
+    store: &blockvault_store::Store,
+    backups: impl IntoIterator<Item = &'a str>,
+) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for b in backups {
+        let id: blockvault_core::BackupId = b.parse().unwrap();
+        for block in store.manifest(&id) {
+            for e in block.unwrap().entries {
+                if let blockvault_core::ManifestEntry::Chunk { id, .. } = e {
+                    if seen.insert(id) {
+                        total += store.chunk_location(&id).unwrap().unwrap().entry_len();
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Creates a vault of `size_gb` GB and returns its id.
+pub async fn create_vault(c: &mut Client, name: &str, size_gb: i64) -> String {
+    c.vaults
+        .create(pb::CreateVaultRequest {
+            name: name.into(),
+            billing: Some(pb::Billing {
+                consistent_level: "crash_consistent".into(),
+                object_type: "disk".into(),
+                protect_type: "backup".into(),
+                size: size_gb,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .id
+}
+
+/// A vault's `used`, in MB.
+pub async fn vault_used_mb(c: &mut Client, vault: &str) -> u64 {
+    c.vaults
+        .get(pb::GetVaultRequest {
+            vault_id: vault.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .billing
+        .unwrap()
+        .used as u64
+}
+
+/// Ids of the available backups in `vault` (admin view).
+pub async fn available_in(c: &mut Client, vault: &str) -> Vec<String> {
+    c.backups
+        .list(pb::ListBackupsRequest {
+            detail: true,
+            all_tenants: true,
+            filters: [("status".to_string(), "available".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .backups
+        .into_iter()
+        .filter(|b| b.container == vault)
+        .map(|b| b.id)
+        .collect()
 }
