@@ -10,7 +10,7 @@
 //! [`Error::CorruptChunk`], never data.
 use std::cell::RefCell;
 
-use aes_gcm::aead::AeadInPlace;
+use aes_gcm::aead::AeadInOut;
 use aes_gcm::Nonce;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -134,7 +134,7 @@ impl EnvelopeCodec {
             let a = aad(&out[..ENVELOPE_HEADER_LEN], id);
             let tag = k
                 .cipher()
-                .encrypt_in_place_detached(Nonce::from_slice(&nonce), &a, &mut out[body..])
+                .encrypt_inout_detached(&Nonce::from(nonce), &a, (&mut out[body..]).into())
                 .expect("AES-GCM encryption of a bounded chunk cannot fail");
             out.extend_from_slice(&tag);
         }
@@ -169,11 +169,12 @@ impl EnvelopeCodec {
         let (head, rest) = env.split_at_mut(body);
         let (ct, tag) = rest.split_at_mut(tag_at - body);
         k.cipher()
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&head[ENVELOPE_HEADER_LEN..]),
+            .decrypt_inout_detached(
+                &Nonce::try_from(&head[ENVELOPE_HEADER_LEN..])
+                    .map_err(|_| bad("bad nonce length"))?,
                 &aad(&head[..ENVELOPE_HEADER_LEN], id),
-                ct,
-                aes_gcm::Tag::from_slice(tag),
+                ct.into(),
+                &aes_gcm::Tag::try_from(&*tag).map_err(|_| bad("bad tag length"))?,
             )
             .map_err(|_| bad("AES-GCM authentication failed"))?;
         // Now a plaintext envelope: header, then payload (nonce and tag skipped).

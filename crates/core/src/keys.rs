@@ -12,7 +12,7 @@
 //! Key bytes are zeroized on drop and every `Debug` impl here is redacted.
 use std::fmt;
 
-use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use rand::RngCore;
 use zeroize::Zeroizing;
@@ -89,10 +89,10 @@ impl MasterKey {
         let mut buf = key.raw.to_vec();
         let tag = self
             .wrapping_cipher()
-            .encrypt_in_place_detached(
-                Nonce::from_slice(&nonce),
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
                 &Self::wrap_aad(volume, &key.key_id),
-                &mut buf,
+                buf.as_mut_slice().into(),
             )
             .expect("AES-GCM encryption of 32 bytes cannot fail");
         buf.extend_from_slice(&tag);
@@ -109,13 +109,14 @@ impl MasterKey {
             return Err(Error::corrupt("wrapped key", "bad length"));
         }
         let mut buf = Zeroizing::new(w.sealed[..32].to_vec());
-        let tag = aes_gcm::Tag::from_slice(&w.sealed[32..]);
+        let tag = aes_gcm::Tag::try_from(&w.sealed[32..])
+            .map_err(|_| Error::corrupt("wrapped key", "bad tag length"))?;
         self.wrapping_cipher()
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&w.nonce),
+            .decrypt_inout_detached(
+                &Nonce::from(w.nonce),
                 &Self::wrap_aad(volume, &w.key_id),
-                &mut buf,
-                tag,
+                buf.as_mut_slice().into(),
+                &tag,
             )
             .map_err(|_| {
                 Error::WrongKey(format!(

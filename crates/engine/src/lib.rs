@@ -15,6 +15,7 @@
 //! not grow with the volume's size or with the number of concurrent backups.
 //! The async control plane reaches the engine through `spawn_blocking`.
 
+mod assemble;
 mod backup;
 pub mod budget;
 pub mod device;

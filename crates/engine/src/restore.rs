@@ -4,13 +4,13 @@
 //! failure stops the restore and names the chunk. A target file created by the restore is removed
 //! again on failure, so a failed restore never leaves a plausible-looking image behind.
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use blockvault_core::{BackupId, BackupState, ChunkId, EnvelopeCodec, ManifestEntry};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::assemble::{Assembler, Segment};
 use crate::device::Target;
 use crate::error::{Error, Result};
 use crate::{CancelToken, Engine, NoProgress, Progress};
@@ -47,8 +47,10 @@ pub struct RestoreReport {
     pub hole_bytes: u64,
 }
 
-/// Start write-back of the target after every this many bytes restored.
-const WRITEBACK_EVERY: u64 = 64 << 20;
+/// Writer threads: they mostly wait for the disk.
+const WRITERS: usize = 3;
+/// Completed segments queued for the writers.
+const WRITE_QUEUE: usize = 6;
 
 struct Work {
     id: ChunkId,
@@ -107,7 +109,10 @@ impl Engine {
             }
         };
         let (tx, rx) = crossbeam_channel::bounded::<Work>(self.threads * 16);
-        let written = AtomicU64::new(0);
+        // Completed segments wait here for the writers; the bound keeps memory flat while
+        // absorbing the disk's jitter.
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<Segment>(WRITE_QUEUE);
+        let asm = Assembler::new(target, rec.size);
         let mut report = RestoreReport {
             backup_id: rec.id,
             target: target.path.display().to_string(),
@@ -116,9 +121,25 @@ impl Engine {
             hole_bytes: 0,
         };
         std::thread::scope(|s| {
+            let (fail, failed, asm) = (&fail, &failed, &asm);
+            // Several writers keep more than one O_DIRECT write in flight.
+            for _ in 0..WRITERS {
+                let done_rx = done_rx.clone();
+                s.spawn(move || {
+                    for seg in done_rx.iter() {
+                        if failed() {
+                            continue;
+                        }
+                        if let Err(e) = asm.write(seg) {
+                            fail(e);
+                        }
+                    }
+                });
+            }
+            drop(done_rx);
             for _ in 0..self.threads {
                 let rx = rx.clone();
-                let (fail, failed, written) = (&fail, &failed, &written);
+                let done_tx = done_tx.clone();
                 s.spawn(move || {
                     for w in rx.iter() {
                         if failed() {
@@ -143,17 +164,10 @@ impl Engine {
                                         ),
                                     });
                                 }
-                                target.write_at(&plain, w.offset)
+                                asm.data(w.offset, &plain, &done_tx)
                             });
                         match r {
-                            Ok(()) => {
-                                opts.progress.advance(u64::from(w.len));
-                                let len = u64::from(w.len);
-                                let before = written.fetch_add(len, Ordering::Relaxed);
-                                if (before + len) / WRITEBACK_EVERY != before / WRITEBACK_EVERY {
-                                    target.start_writeback();
-                                }
-                            }
+                            Ok(()) => opts.progress.advance(u64::from(w.len)),
                             Err(e) => fail(e),
                         }
                     }
@@ -184,6 +198,13 @@ impl Engine {
                     break;
                 }
                 for e in block.entries {
+                    if offset + e.len() > rec.size {
+                        fail(Error::Store(blockvault_store::Error::Corrupt {
+                            what: format!("manifest of backup {}", rec.id),
+                            detail: format!("covers more than the record's {} bytes", rec.size),
+                        }));
+                        break;
+                    }
                     match e {
                         ManifestEntry::Chunk { id, len } => {
                             report.chunks += 1;
@@ -193,7 +214,7 @@ impl Engine {
                         }
                         ManifestEntry::Hole { len } => {
                             report.hole_bytes += len;
-                            if let Err(e) = target.zero(offset, len) {
+                            if let Err(e) = asm.hole(offset, len, &done_tx) {
                                 fail(e);
                                 break;
                             }
@@ -204,6 +225,7 @@ impl Engine {
                 }
             }
             drop(tx);
+            drop(done_tx);
             report.bytes = offset;
         });
         if let Some(e) = failure.into_inner() {

@@ -220,3 +220,74 @@ fn sparse_source_file_holes_are_skipped_and_restore_exactly() {
         );
     }
 }
+
+/// The restore writes 4 MiB segments (with O_DIRECT where possible): holes that cross segment
+/// boundaries, a segment that is all hole, a ragged last block, and targets that are new,
+/// existing, and larger than the backup (whose bytes beyond the backup stay untouched).
+#[test]
+fn restore_segments_holes_and_larger_targets() {
+    const SEG: usize = 4 << 20;
+    let config = StoreConfig {
+        chunker: ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+        },
+        ..StoreConfig::default()
+    };
+    let ts = TestStore::with_config(config);
+    let size = 4 * SEG + 12_345;
+    let mut data = mixed_bytes(size, 21);
+    data[SEG - 50_000..SEG + 70_000].fill(0); // across the first boundary
+    data[2 * SEG - 100_000..3 * SEG + 300_000].fill(0); // a whole segment and parts of two
+    data[size - 40_000..].fill(0); // the ragged end
+    let src = ts.path("seg.img");
+    write_file(&src, &data);
+    for encrypt in [false, true] {
+        let rec = ts.backup(&format!("seg-{encrypt}"), &src, false, encrypt);
+        assert!(rec.hole_bytes > SEG as u64, "hole bytes {}", rec.hole_bytes);
+
+        // A new file: exact, and the all-hole segment is not allocated.
+        let out = ts.path(&format!("seg-{encrypt}.new"));
+        ts.engine()
+            .restore(RestoreOptions::new(rec.id, &out))
+            .unwrap();
+        assert!(std::fs::read(&out).unwrap() == data, "new target differs");
+        use std::os::unix::fs::MetadataExt;
+        let allocated = std::fs::metadata(&out).unwrap().blocks() * 512;
+        assert!(
+            allocated <= (size - SEG) as u64,
+            "restored file is not sparse: {allocated} bytes allocated of {size}"
+        );
+
+        // An existing file of the same size, full of other bytes.
+        let same = ts.path(&format!("seg-{encrypt}.same"));
+        write_file(&same, &random_bytes(size, 22));
+        ts.engine()
+            .restore(RestoreOptions::new(rec.id, &same))
+            .unwrap();
+        assert!(
+            std::fs::read(&same).unwrap() == data,
+            "existing target differs"
+        );
+
+        // A larger existing file: the backup's bytes, then the old bytes untouched.
+        let big = ts.path(&format!("seg-{encrypt}.big"));
+        let mut old = vec![0xAAu8; size + 10_000];
+        old[size..].copy_from_slice(&random_bytes(10_000, 23));
+        write_file(&big, &old);
+        ts.engine()
+            .restore(RestoreOptions::new(rec.id, &big))
+            .unwrap();
+        let got = std::fs::read(&big).unwrap();
+        assert_eq!(got.len(), size + 10_000);
+        assert!(
+            got[..size] == data[..],
+            "larger target: restored part differs"
+        );
+        assert!(
+            got[size..] == old[size..],
+            "larger target: bytes beyond the backup changed"
+        );
+    }
+}
