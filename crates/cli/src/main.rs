@@ -394,7 +394,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Like other Unix tools, end quietly when the reader of our output goes away
+/// (`blockvault ... | head`): Rust starts with SIGPIPE ignored, which turns that write into a
+/// panic. The one `unsafe` of the CLI (the workspace denies it elsewhere).
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: `signal` with `SIG_DFL` has no memory-safety preconditions; it is called first
+    // thing in `main`, before any other thread exists, so no handler state is shared.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -217,6 +217,40 @@ fn local_lifecycle_through_the_cli() {
 }
 
 #[test]
+fn closed_output_pipe_ends_quietly() {
+    let (_d, store, _key, img, _) = setup(1 << 20, 41);
+    for v in ["a", "b", "c"] {
+        backup_id(&store, v, &img, &[]);
+    }
+    // The reader goes away before the CLI writes (opening the store comes first), as with
+    // `blockvault local list | head -0`.
+    for _ in 0..3 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blockvault"))
+            .args(["local", "list", "--json", "--store"])
+            .arg(&store)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        use std::os::unix::process::ExitStatusExt;
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc_sigpipe()),
+            "{:?}: {err}",
+            out.status
+        );
+    }
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
+}
+
+#[test]
 fn corruption_makes_verify_and_restore_exit_non_zero() {
     let d = tempfile::tempdir().unwrap();
     let store = d.path().join("store");

@@ -913,6 +913,13 @@ impl Control {
             None => {
                 let id = Uuid::new_v4();
                 let path = self.restore_dir.join(format!("{id}.img"));
+                // A volume restored from an encrypted backup is encrypted too, under its own key.
+                let encryption_key_id = if backup.encrypted {
+                    let vid = VolumeId::new(id.to_string()).map_err(|e| internal(e.to_string()))?;
+                    Some(self.engine.ensure_volume_key(&vid).map_err(engine_status)?)
+                } else {
+                    None
+                };
                 let name = if name.is_empty() {
                     format!("restore_backup_{backup_id}")
                 } else {
@@ -926,8 +933,8 @@ impl Control {
                     size: backup.size,
                     status: VolumeStatus::Creating,
                     idle_status: VolumeStatus::Available,
-                    encrypted: false,
-                    encryption_key_id: None,
+                    encrypted: backup.encrypted,
+                    encryption_key_id,
                     project_id: backup.project_id.clone(),
                     user_id: caller.user.clone(),
                     created_at: t,

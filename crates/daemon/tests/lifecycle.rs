@@ -323,6 +323,19 @@ async fn encrypted_volume_reports_its_key_id() {
     let (nv, job) = restore(&mut c, &b.id, "", "").await;
     assert_eq!(job.state, "succeeded", "{job:?}");
     assert_same(&path_of(&nv), &data);
+    // The volume restored from an encrypted backup is encrypted too (under its own key), so its
+    // backups are.
+    assert!(nv.encrypted, "{nv:?}");
+    let nkey = nv
+        .encryption_key_id
+        .clone()
+        .expect("restored volume has a key id");
+    assert_ne!(nkey, key_id);
+    let nb = backup(&mut c, &nv.id, "enc-again", false).await;
+    assert_eq!(nb.encryption_key_id.as_deref(), Some(nkey.as_str()));
+    let (nv2, job) = restore(&mut c, &nb.id, "", "").await;
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    assert_same(&path_of(&nv2), &data);
 
     // A plain volume reports none.
     let plain = dir.path().join("plain.img");
