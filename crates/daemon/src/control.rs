@@ -198,6 +198,7 @@ impl Changes {
         }
         for id in self.gone_vaults {
             st.vaults.remove(&id);
+            st.usage.remove(&id);
         }
         for id in self.gone_policies {
             st.policies.remove(&id);
