@@ -384,6 +384,20 @@ pub fn write_modified_copy(src: &Path, dst: &Path, change_frac: f64, seed: u64) 
     Ok(changed)
 }
 
+/// Reads until `buf` is full or EOF; returns the bytes read.
+pub fn read_full(f: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

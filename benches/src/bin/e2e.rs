@@ -12,7 +12,7 @@
 //! (and a modified copy as `--image2`) first. The caller is expected to pre-read images into the
 //! page cache (or to drop it) as the measurement requires.
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -160,20 +160,6 @@ fn file_size(p: &Path) -> Result<u64> {
         .len())
 }
 
-/// Reads until `buf` is full or EOF; returns the bytes read.
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Compares two files in 8 MiB blocks; fails at the first difference.
 fn compare(a: &Path, b: &Path) -> Result<()> {
     const BLOCK: usize = 8 << 20;
@@ -189,8 +175,8 @@ fn compare(a: &Path, b: &Path) -> Result<()> {
     let (mut ba, mut bb) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
     let mut off = 0u64;
     loop {
-        let na = read_full(&mut fa, &mut ba)?;
-        let nb = read_full(&mut fb, &mut bb)?;
+        let na = blockvault_benches::read_full(&mut fa, &mut ba)?;
+        let nb = blockvault_benches::read_full(&mut fb, &mut bb)?;
         ensure!(
             na == nb,
             "RESTORE MISMATCH: short read at offset {off} ({na} vs {nb} bytes)"

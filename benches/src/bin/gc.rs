@@ -24,7 +24,6 @@
 //! compared block by block with the versions they were taken from (a difference fails the run).
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -92,27 +91,14 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Reads until `buf` is full or EOF; returns the bytes read.
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// BLAKE3 of each 8 MiB block of a file.
 fn block_hashes(path: &Path) -> Result<Vec<ChunkId>> {
     let mut f = File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut buf = vec![0u8; BLOCK];
     let mut out = Vec::new();
     loop {
-        let n = read_full(&mut f, &mut buf).with_context(|| format!("read {}", path.display()))?;
+        let n = blockvault_benches::read_full(&mut f, &mut buf)
+            .with_context(|| format!("read {}", path.display()))?;
         if n == 0 {
             return Ok(out);
         }

@@ -1263,9 +1263,9 @@ impl Control {
                 .get(&job.backup_id)
                 .and_then(|b| b.vault_id)
                 .and_then(|v| st.vaults.get(&v))
-                .map(|v| (v.id, v.auto_expand, v.billing.size_gb))
+                .map(|v| (v.id, v.auto_expand, crate::vault::capacity(v)))
         };
-        let Some((vault, auto_expand, size_gb)) = vault else {
+        let Some((vault, auto_expand, cap)) = vault else {
             return Ok(());
         };
         let undo = |res: Result<(), EngineError>| {
@@ -1276,7 +1276,6 @@ impl Control {
         };
         match self.charge(vault, job.backup_id, &|| run.cancel.is_cancelled()) {
             Ok(crate::usage::Charged::Done(used)) => {
-                let cap = (size_gb.max(0) as u64).saturating_mul(crate::vault::GB);
                 if !auto_expand && used > cap {
                     run.progress.over.store(true, Ordering::SeqCst);
                     return undo(Err(EngineError::Cancelled));

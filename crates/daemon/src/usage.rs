@@ -135,6 +135,23 @@ impl ControlDb {
             .transpose()
     }
 
+    /// Writes (or with `None` deletes) a backup's charge row on its own; the counts are
+    /// unchanged, so no ledger lock is needed.
+    fn put_charge_row(
+        &self,
+        vault: &Uuid,
+        backup: &Uuid,
+        row: Option<Charge>,
+    ) -> Result<(), DbError> {
+        let cf = self.cf_handle(CF_VAULT_CHARGES);
+        let key = charge_key(vault, backup);
+        match row {
+            Some(c) => self.db.put_cf(cf, key, c.encode())?,
+            None => self.db.delete_cf(cf, key)?,
+        }
+        Ok(())
+    }
+
     fn used_of(&self, vault: &Uuid) -> Result<u64, DbError> {
         Ok(self
             .db
@@ -169,7 +186,7 @@ impl ControlDb {
 }
 
 /// Counts (`add`) or uncounts one manifest block in `vault` and writes `next` as the backup's
-/// charge row (`None` deletes it), atomically. Returns the vault's used bytes afterwards.
+/// charge row, atomically. Returns the vault's used bytes afterwards.
 /// The caller holds the ledger lock.
 fn apply_block(
     control: &Control,
@@ -177,7 +194,7 @@ fn apply_block(
     backup: &Uuid,
     block: &ManifestBlock,
     add: bool,
-    next: Option<Charge>,
+    next: Charge,
 ) -> Result<u64, String> {
     let db = &control.db;
     let mut occurrences: HashMap<ChunkId, u64> = HashMap::new();
@@ -232,11 +249,11 @@ fn apply_block(
             b.delete_cf(cf, key);
         }
     }
-    let charges = db.cf_handle(CF_VAULT_CHARGES);
-    match next {
-        Some(c) => b.put_cf(charges, charge_key(vault, backup), c.encode()),
-        None => b.delete_cf(charges, charge_key(vault, backup)),
-    }
+    b.put_cf(
+        db.cf_handle(CF_VAULT_CHARGES),
+        charge_key(vault, backup),
+        next.encode(),
+    );
     b.put_cf(
         db.cf_handle(CF_VAULT_USED),
         vault.as_bytes(),
@@ -298,20 +315,19 @@ impl Control {
                 end: n,
                 complete: false,
             };
-            apply_block(self, &vault, &backup, &block, true, Some(next))?;
+            apply_block(self, &vault, &backup, &block, true, next)?;
         }
-        let _g = self.ledger.lock();
         let done = Charge {
             first: 0,
             end: n,
             complete: true,
         };
-        let empty = ManifestBlock {
-            start: 0,
-            entries: Vec::new(),
-        };
-        let used = apply_block(self, &vault, &backup, &empty, true, Some(done))?;
-        Ok(Charged::Done(used))
+        self.db
+            .put_charge_row(&vault, &backup, Some(done))
+            .map_err(|e| e.to_string())?;
+        Ok(Charged::Done(
+            self.db.used_of(&vault).map_err(|e| e.to_string())?,
+        ))
     }
 
     /// Uncounts whatever of `backup` is counted in `vault` (nothing if it has no charge row).
@@ -349,15 +365,11 @@ impl Control {
                 end: row.end,
                 complete: row.complete,
             };
-            apply_block(self, &vault, &backup, &block, false, Some(next))?;
+            apply_block(self, &vault, &backup, &block, false, next)?;
         }
-        let _g = self.ledger.lock();
-        let empty = ManifestBlock {
-            start: 0,
-            entries: Vec::new(),
-        };
-        apply_block(self, &vault, &backup, &empty, false, None)?;
-        Ok(())
+        self.db
+            .put_charge_row(&vault, &backup, None)
+            .map_err(|e| e.to_string())
     }
 
     /// Start-up reconciliation: completes the charges of available backups in vaults (also

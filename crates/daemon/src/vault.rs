@@ -331,7 +331,8 @@ pub(crate) fn used_bytes(st: &State, vault: &Uuid) -> u64 {
     st.usage.get(vault).copied().unwrap_or(0)
 }
 
-fn capacity(v: &VaultRow) -> u64 {
+/// A vault's capacity in bytes.
+pub(crate) fn capacity(v: &VaultRow) -> u64 {
     (v.billing.size_gb.max(0) as u64).saturating_mul(GB)
 }
 

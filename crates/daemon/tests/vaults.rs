@@ -11,16 +11,6 @@ use tonic::Code;
 
 const MIB: usize = 1 << 20;
 
-fn billing(size: i64) -> pb::Billing {
-    pb::Billing {
-        consistent_level: "crash_consistent".into(),
-        object_type: "disk".into(),
-        protect_type: "backup".into(),
-        size,
-        ..Default::default()
-    }
-}
-
 fn vault(name: &str, size: i64) -> pb::CreateVaultRequest {
     pb::CreateVaultRequest {
         name: name.into(),

@@ -107,8 +107,8 @@ impl<'t> Assembler<'t> {
         SEGMENT.min(self.size - index * SEGMENT)
     }
 
-    /// Sets `[offset, offset + len)` of the segments it covers with `fill(segment, from, to,
-    /// at)`, where `[from, to)` is segment-relative and `at` the range-relative start; completed
+    /// Sets `[offset, offset + len)` in the segments it covers: `fill(dst, at)` fills `dst`, the
+    /// covered part of one segment, whose first byte is byte `at` of the range. Completed
     /// segments go to `done`.
     fn set(
         &self,
@@ -117,7 +117,7 @@ impl<'t> Assembler<'t> {
         is_data: bool,
         done: &Sender<Segment>,
         mut fill: impl FnMut(&mut [u8], u64),
-    ) -> Result<()> {
+    ) {
         let end = offset + len;
         let mut at = offset;
         while at < end {
@@ -153,14 +153,13 @@ impl<'t> Assembler<'t> {
             }
             at = seg_start + to;
         }
-        Ok(())
     }
 
     /// A decoded chunk: `data` belongs at `offset`.
-    pub(crate) fn data(&self, offset: u64, data: &[u8], done: &Sender<Segment>) -> Result<()> {
+    pub(crate) fn data(&self, offset: u64, data: &[u8], done: &Sender<Segment>) {
         self.set(offset, data.len() as u64, true, done, |dst, at| {
             dst.copy_from_slice(&data[at as usize..at as usize + dst.len()]);
-        })
+        });
     }
 
     /// A hole: `len` zero bytes at `offset`.
@@ -174,16 +173,18 @@ impl<'t> Assembler<'t> {
             end / SEGMENT
         };
         if first_whole >= end_whole {
-            return self.set(offset, len, false, done, |dst, _| dst.fill(0));
+            self.set(offset, len, false, done, |dst, _| dst.fill(0));
+            return Ok(());
         }
         let (whole_from, whole_to) = (first_whole * SEGMENT, (end_whole * SEGMENT).min(end));
         self.set(offset, whole_from - offset, false, done, |dst, _| {
             dst.fill(0)
-        })?;
+        });
         if !self.sparse {
             self.target.zero(whole_from, whole_to - whole_from)?;
         }
-        self.set(whole_to, end - whole_to, false, done, |dst, _| dst.fill(0))
+        self.set(whole_to, end - whole_to, false, done, |dst, _| dst.fill(0));
+        Ok(())
     }
 
     /// Writes a completed segment (on the writer thread) and recycles its buffer.

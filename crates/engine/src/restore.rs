@@ -164,7 +164,8 @@ impl Engine {
                                         ),
                                     });
                                 }
-                                asm.data(w.offset, &plain, &done_tx)
+                                asm.data(w.offset, &plain, &done_tx);
+                                Ok(())
                             });
                         match r {
                             Ok(()) => opts.progress.advance(u64::from(w.len)),

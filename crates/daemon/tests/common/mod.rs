@@ -253,18 +253,23 @@ pub fn usage_oracle<'a>(
     total
 }
 
+/// A valid billing block of `size` GB (the vault API's required enums set).
+pub fn billing(size: i64) -> pb::Billing {
+    pb::Billing {
+        consistent_level: "crash_consistent".into(),
+        object_type: "disk".into(),
+        protect_type: "backup".into(),
+        size,
+        ..Default::default()
+    }
+}
+
 /// Creates a vault of `size_gb` GB and returns its id.
 pub async fn create_vault(c: &mut Client, name: &str, size_gb: i64) -> String {
     c.vaults
         .create(pb::CreateVaultRequest {
             name: name.into(),
-            billing: Some(pb::Billing {
-                consistent_level: "crash_consistent".into(),
-                object_type: "disk".into(),
-                protect_type: "backup".into(),
-                size: size_gb,
-                ..Default::default()
-            }),
+            billing: Some(billing(size_gb)),
             ..Default::default()
         })
         .await
