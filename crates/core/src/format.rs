@@ -44,4 +44,5 @@ pub mod contexts {
     pub const CHUNK_AEAD_KEY: &str = "blockvault 2026-11 chunk aes-256-gcm key v1";
     pub const MASTER_FINGERPRINT: &str = "blockvault 2026-11 master key fingerprint v1";
     pub const WRAP_KEY: &str = "blockvault 2026-11 data key wrapping key v1";
+    pub const RECORD_MAC_KEY: &str = "blockvault 2026-12 exported record mac key v1";
 }

@@ -69,6 +69,15 @@ impl MasterKey {
         Ok(MasterKey { bytes })
     }
 
+    /// The key that authenticates records this store's daemon exports (keyed BLAKE3 MACs), so a
+    /// record can be checked only by a holder of the master key and forged by nobody else.
+    pub fn record_mac_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(
+            contexts::RECORD_MAC_KEY,
+            &self.bytes[..],
+        ))
+    }
+
     fn wrapping_cipher(&self) -> Aes256Gcm {
         let k = Zeroizing::new(blake3::derive_key(contexts::WRAP_KEY, &self.bytes[..]));
         Aes256Gcm::new((&*k).into())
