@@ -165,6 +165,9 @@ pub struct Store {
     pub(crate) open_packs: Mutex<HashSet<PackId>>,
     /// Serializes GC runs.
     pub(crate) gc_lock: Mutex<()>,
+    /// This store's entry in [`OPEN_HERE`]. Declared after `db` so that it is dropped after the
+    /// database has closed and released its lock.
+    _open_here: OpenHere,
 }
 
 /// Keeps a backup marked active (its references protected from GC) until dropped.
@@ -198,6 +201,110 @@ fn cf_options(name: &str) -> Options {
         o.set_block_based_table_factory(&b);
     }
     o
+}
+
+/// Store directories (device, inode) that this process has open or is opening.
+///
+/// Why a registry as well as the lock probe: RocksDB locks `index/LOCK` with a classic POSIX
+/// record lock (`F_SETLK`), and the kernel drops a process's record locks on a file when the
+/// process closes *any* descriptor of that file. Probing the lock file of a store this process
+/// has open would therefore silently release that store's lock. So a store already open here is
+/// Busy without touching its lock file, and the probe only ever runs on a lock this process does
+/// not hold, where closing the probe's descriptor releases nothing.
+static OPEN_HERE: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// A store directory's entry in [`OPEN_HERE`], removed on drop.
+struct OpenHere {
+    key: (u64, u64),
+    lock: PathBuf,
+}
+
+impl OpenHere {
+    /// Claims `dir` for one `Store` of this process: Busy when this process has it open already
+    /// or another process holds its index lock.
+    fn claim(dir: &Path) -> Result<OpenHere> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+        let key = (md.dev(), md.ino());
+        let lock = dir.join("index").join("LOCK");
+        // Held across the probe, so no other thread of this process opens this store meanwhile.
+        let mut open = OPEN_HERE.lock();
+        if open.contains(&key) || probe(&lock)? {
+            return Err(Error::Busy(dir.display().to_string()));
+        }
+        open.push(key);
+        Ok(OpenHere { key, lock })
+    }
+
+    /// True when another process holds the index lock. Only called while this claim is held
+    /// and before (or after a failed) open, so this process does not hold the lock itself.
+    fn lock_held(&self) -> Result<bool> {
+        probe(&self.lock)
+    }
+}
+
+fn probe(lock: &Path) -> Result<bool> {
+    index_lock_held(lock).map_err(|e| Error::io(lock, e))
+}
+
+impl Drop for OpenHere {
+    fn drop(&mut self) {
+        OPEN_HERE.lock().retain(|k| *k != self.key);
+    }
+}
+
+/// True when RocksDB's `LOCK` file is locked. RocksDB takes a classic POSIX record lock on it
+/// (`F_SETLK`); an open-file-description lock probe (`F_OFD_GETLK`) conflicts with any such
+/// lock. Must not be called on a lock this process holds (see [`OPEN_HERE`]).
+#[cfg(target_os = "linux")]
+fn index_lock_held(lock: &Path) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let f = match std::fs::File::open(lock) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let mut probe = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        // Must be 0 for OFD locks.
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(f.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_GETLK(&mut probe))?;
+    Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+/// Without OFD locks there is no probe; RocksDB's own lock still refuses a second opener, and
+/// that failure is reported as an I/O error.
+#[cfg(not(target_os = "linux"))]
+fn index_lock_held(_lock: &Path) -> std::io::Result<bool> {
+    Ok(false)
+}
+
+/// Classifies a failed open of the index by RocksDB's status code (never by message text).
+fn open_error(index: &Path, e: rocksdb::Error) -> Error {
+    use rocksdb::ErrorKind;
+    let path = || {
+        crate::error::damaged_file(e.as_ref())
+            .map_or_else(|| index.display().to_string(), str::to_string)
+    };
+    match e.kind() {
+        ErrorKind::Corruption => Error::corrupt_index(Some(index), &e),
+        ErrorKind::IOError => Error::Io {
+            path: path(),
+            source: std::io::Error::other(e.to_string()),
+        },
+        ErrorKind::NotSupported | ErrorKind::InvalidArgument => Error::IndexIncompatible {
+            path: index.display().to_string(),
+            detail: e.to_string(),
+        },
+        _ => Error::Db {
+            op: "open",
+            source: e,
+        },
+    }
 }
 
 impl Store {
@@ -255,17 +362,17 @@ impl Store {
         let cfs = ALL_CFS
             .iter()
             .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n)));
-        let db = DB::open_cf_descriptors(&db_options(), &index, cfs).map_err(|e| {
-            let s = e.to_string();
-            if s.contains("lock") {
-                Error::Busy(dir.display().to_string())
-            } else {
-                Error::Db {
-                    op: "open",
-                    source: e,
-                }
+        // Busy is decided by this process's registry and a probe of RocksDB's lock, never by
+        // RocksDB's error message ("block checksum mismatch" contains "lock" too).
+        let open_here = OpenHere::claim(dir)?;
+        let db = match DB::open_cf_descriptors(&db_options(), &index, cfs) {
+            Ok(db) => db,
+            // Another process may have taken the lock since the probe.
+            Err(e) if e.kind() == rocksdb::ErrorKind::IOError && open_here.lock_held()? => {
+                return Err(Error::Busy(dir.display().to_string()))
             }
-        })?;
+            Err(e) => return Err(open_error(&index, e)),
+        };
         let store = Store {
             dir: dir.to_path_buf(),
             config,
@@ -275,6 +382,7 @@ impl Store {
             active: Mutex::new(HashSet::new()),
             open_packs: Mutex::new(HashSet::new()),
             gc_lock: Mutex::new(()),
+            _open_here: open_here,
         };
         store.recover_interrupted()?;
         Ok(store)
