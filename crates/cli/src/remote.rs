@@ -774,12 +774,25 @@ async fn volume(conn: &Conn, cmd: VolumeCmd) -> Result<ExitCode> {
             }
         }
         VolumeCmd::List { all_tenants } => {
-            let vs = c
-                .list(ListVolumesRequest { all_tenants })
-                .await
-                .map_err(grpc)?
-                .into_inner()
-                .volumes;
+            // Every page, following the daemon's markers.
+            let mut vs = Vec::new();
+            let mut marker = String::new();
+            loop {
+                let r = c
+                    .list(ListVolumesRequest {
+                        all_tenants,
+                        marker,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(grpc)?
+                    .into_inner();
+                vs.extend(r.volumes);
+                if r.next_marker.is_empty() {
+                    break;
+                }
+                marker = r.next_marker;
+            }
             if json {
                 let vs: Vec<Value> = vs.iter().map(|v| obj(volume_fields(v))).collect();
                 print_json(&json!({ "volumes": vs }))?;
@@ -1102,15 +1115,26 @@ async fn job(conn: &Conn, cmd: JobCmd) -> Result<ExitCode> {
             show(job_fields(&j), json)?;
         }
         JobCmd::List { all_tenants, state } => {
-            let js = c
-                .list(ListJobsRequest {
-                    all_tenants,
-                    state: state.unwrap_or_default(),
-                })
-                .await
-                .map_err(grpc)?
-                .into_inner()
-                .jobs;
+            let mut js = Vec::new();
+            let mut marker = String::new();
+            let state = state.unwrap_or_default();
+            loop {
+                let r = c
+                    .list(ListJobsRequest {
+                        all_tenants,
+                        state: state.clone(),
+                        marker,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(grpc)?
+                    .into_inner();
+                js.extend(r.jobs);
+                if r.next_marker.is_empty() {
+                    break;
+                }
+                marker = r.next_marker;
+            }
             if json {
                 let js: Vec<Value> = js.iter().map(|j| obj(job_fields(j))).collect();
                 print_json(&json!({ "jobs": js }))?;

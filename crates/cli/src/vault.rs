@@ -838,12 +838,24 @@ pub async fn vault(a: VaultArgs) -> Result<ExitCode> {
             }
         }
         VaultCmd::List { all_tenants } => {
-            let vs = c
-                .list(ListVaultsRequest { all_tenants })
-                .await
-                .map_err(grpc)?
-                .into_inner()
-                .vaults;
+            let mut vs = Vec::new();
+            let mut marker = String::new();
+            loop {
+                let r = c
+                    .list(ListVaultsRequest {
+                        all_tenants,
+                        marker,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(grpc)?
+                    .into_inner();
+                vs.extend(r.vaults);
+                if r.next_marker.is_empty() {
+                    break;
+                }
+                marker = r.next_marker;
+            }
             if json {
                 let vs: Vec<Value> = vs.iter().map(|v| obj(vault_fields(v))).collect();
                 print_json(&json!({ "vaults": vs }))?;

@@ -17,6 +17,7 @@ use crate::auth::{caller, Caller};
 use crate::control::{Control, CreateBackup, ListQuery};
 use crate::export;
 use crate::model::{gib_ceil, BackupRow, BillingRow, JobRow, JobState, ResourceRow, VolumeRow};
+use crate::page::PageQuery;
 use crate::policy::PolicySpec;
 use crate::vault::{VaultSpec, VaultUpdate, VaultView};
 
@@ -287,12 +288,15 @@ impl pb::volumes_server::Volumes for Api {
         req: Request<pb::ListVolumesRequest>,
     ) -> Result<Response<pb::ListVolumesResponse>, Status> {
         self.call(req, |c, who, r| {
+            let page = PageQuery {
+                limit: r.limit,
+                offset: r.offset,
+                marker: r.marker,
+            };
+            let (volumes, next) = c.list_volumes(who, r.all_tenants, &page)?;
             Ok(pb::ListVolumesResponse {
-                volumes: c
-                    .list_volumes(who, r.all_tenants)?
-                    .into_iter()
-                    .map(volume_pb)
-                    .collect(),
+                volumes: volumes.into_iter().map(volume_pb).collect(),
+                next_marker: marker(next),
             })
         })
         .await
@@ -377,15 +381,18 @@ impl pb::backups_server::Backups for Api {
                 who,
                 &ListQuery {
                     sort: r.sort,
-                    limit: r.limit,
-                    offset: r.offset,
-                    marker: r.marker,
+                    page: PageQuery {
+                        limit: r.limit,
+                        offset: r.offset,
+                        marker: r.marker,
+                    },
                     all_tenants: r.all_tenants,
                     filters: sorted(r.filters),
                 },
             )?;
             let mut out = pb::ListBackupsResponse {
                 count: r.with_count.then_some(page.count),
+                next_marker: marker(page.next),
                 ..Default::default()
             };
             for b in page.backups {
@@ -500,12 +507,15 @@ impl pb::jobs_server::Jobs for Api {
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         self.call(req, |c, who, r| {
+            let page = PageQuery {
+                limit: r.limit,
+                offset: r.offset,
+                marker: r.marker,
+            };
+            let (jobs, next) = c.list_jobs(who, r.all_tenants, &r.state, &page)?;
             Ok(pb::ListJobsResponse {
-                jobs: c
-                    .list_jobs(who, r.all_tenants, &r.state)?
-                    .into_iter()
-                    .map(job_pb)
-                    .collect(),
+                jobs: jobs.into_iter().map(job_pb).collect(),
+                next_marker: marker(next),
             })
         })
         .await
@@ -550,9 +560,12 @@ impl pb::jobs_server::Jobs for Api {
                         .await;
                     break;
                 }
+                // A client that went away ends the stream at once, whether or not the job
+                // moves: abandoned streams must not pile up tasks.
                 tokio::select! {
                     r = changes.changed() => if r.is_err() { break },
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = tx.closed() => break,
                 }
             }
         });
@@ -615,12 +628,15 @@ impl pb::vaults_server::Vaults for Api {
         req: Request<pb::ListVaultsRequest>,
     ) -> Result<Response<pb::ListVaultsResponse>, Status> {
         self.call(req, |c, who, r| {
+            let page = PageQuery {
+                limit: r.limit,
+                offset: r.offset,
+                marker: r.marker,
+            };
+            let (vaults, next) = c.list_vaults(who, r.all_tenants, &page)?;
             Ok(pb::ListVaultsResponse {
-                vaults: c
-                    .list_vaults(who, r.all_tenants)?
-                    .into_iter()
-                    .map(vault_pb)
-                    .collect(),
+                vaults: vaults.into_iter().map(vault_pb).collect(),
+                next_marker: marker(next),
             })
         })
         .await
@@ -745,6 +761,11 @@ impl pb::vaults_server::Vaults for Api {
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
+}
+
+/// The next page's marker on the wire ("" on the last page).
+fn marker(next: Option<uuid::Uuid>) -> String {
+    next.map(|u| u.to_string()).unwrap_or_default()
 }
 
 fn policy_pb(p: crate::model::PolicyRow) -> pb::Policy {

@@ -33,37 +33,138 @@ pub struct TokenConfig {
 
 /// `[jobs]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct JobsConfig {
     pub concurrency: usize,
     pub keep_finished_days: u32,
+    /// Jobs that may wait in the queue at once, across all projects.
+    pub max_queued: usize,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            concurrency: 2,
+            keep_finished_days: 30,
+            max_queued: 1000,
+        }
+    }
 }
 
 /// `[gc]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct GcConfig {
     pub interval_seconds: u64,
 }
 
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig {
+            interval_seconds: 3600,
+        }
+    }
+}
+
 /// `[engine]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     pub threads: usize,
     pub max_in_flight_mib: u64,
-    #[serde(default)]
     pub key_file: Option<PathBuf>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            threads: 0,
+            max_in_flight_mib: 64,
+            key_file: None,
+        }
+    }
 }
 
 /// `[store]`: used when the daemon creates its store.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
     pub chunk_min: u32,
     pub chunk_avg: u32,
     pub chunk_max: u32,
     pub zstd_level: i32,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            chunk_min: 8192,
+            chunk_avg: 32768,
+            chunk_max: 131072,
+            zstd_level: 1,
+        }
+    }
+}
+
+/// Which dedup domain unencrypted volumes share (`[volumes] dedup`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DedupScope {
+    /// One keyed domain per project: no tenant can learn what another tenant stores.
+    #[default]
+    Project,
+    /// One domain for the whole node (single-tenant nodes): identical data of two projects is
+    /// stored once, and a project can tell whether some content is stored by someone.
+    Global,
+}
+
+/// `[volumes]`: what may be registered as a volume.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VolumesConfig {
+    /// Path prefixes under which block devices and image files may be registered (resolved,
+    /// symlinks followed, before the check). The restore directory is always allowed; the data
+    /// directory, key file and token files never are.
+    pub allowed_paths: Vec<PathBuf>,
+    pub dedup: DedupScope,
+}
+
+/// `[vaults]`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultsConfig {
+    /// Resources (volumes and servers) one vault may bind.
+    pub max_resources: usize,
+}
+
+impl Default for VaultsConfig {
+    fn default() -> Self {
+        VaultsConfig { max_resources: 256 }
+    }
+}
+
+/// `[server]`: limits of the gRPC server.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Largest request message, in bytes.
+    pub max_message_bytes: usize,
+    /// Concurrent streams (calls) per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive ping interval and the time to wait for its answer, in seconds.
+    pub keepalive_seconds: u64,
+    pub keepalive_timeout_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_message_bytes: 4 << 20,
+            max_concurrent_streams: 128,
+            keepalive_seconds: 60,
+            keepalive_timeout_seconds: 20,
+        }
+    }
 }
 
 /// `[tls]`.
@@ -74,29 +175,71 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
 }
 
-/// The whole configuration.
+/// The whole configuration. Every key is optional and takes the default documented in
+/// `config/blockvaultd.toml`; unknown keys are an error.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    #[serde(default)]
     pub restore_dir: Option<PathBuf>,
     pub log: String,
     pub jobs: JobsConfig,
     pub gc: GcConfig,
     pub engine: EngineConfig,
     pub store: StoreSection,
-    #[serde(default)]
+    pub volumes: VolumesConfig,
+    pub vaults: VaultsConfig,
+    pub server: ServerConfig,
     pub tokens: Vec<TokenConfig>,
-    #[serde(default)]
     pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config::parse(DEFAULT_CONFIG).expect("the embedded default config parses")
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            data_dir: PathBuf::from("blockvault-data"),
+            restore_dir: None,
+            log: "info".into(),
+            jobs: JobsConfig::default(),
+            gc: GcConfig::default(),
+            engine: EngineConfig::default(),
+            store: StoreSection::default(),
+            volumes: VolumesConfig::default(),
+            vaults: VaultsConfig::default(),
+            server: ServerConfig::default(),
+            tokens: Vec::new(),
+            tls: None,
+        }
     }
+}
+
+/// The longest interval of any timer (GC, policy schedules): ten years. Longer ones would
+/// overflow time arithmetic for no use.
+pub const MAX_INTERVAL_SECONDS: u64 = 10 * 366 * 86_400;
+
+/// The default port of the gRPC listener.
+pub const DEFAULT_PORT: u16 = 8750;
+
+/// Refuses a secret file (key, token) that group or others may read, as ssh does with private
+/// keys.
+pub fn check_private(path: &Path, what: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{what} {} has mode {:04o}: it must not be readable or writable by group or others \
+             (run: chmod 600 {})",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -107,28 +250,65 @@ impl Config {
         Ok(c)
     }
 
-    /// Reads and checks a config file.
+    /// Reads and checks a config file. A file that holds tokens must be private (0600).
     pub fn load(path: &Path) -> Result<Config, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+        let c = Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !c.tokens.is_empty() {
+            check_private(path, "config file (it holds tokens)")?;
+        }
+        Ok(c)
     }
 
     fn validate(&self) -> Result<(), String> {
         if self.jobs.concurrency == 0 {
             return Err("jobs.concurrency must be at least 1".into());
         }
-        if self.engine.max_in_flight_mib == 0 {
-            return Err("engine.max_in_flight_mib must be at least 1".into());
+        if self.jobs.max_queued == 0 {
+            return Err("jobs.max_queued must be at least 1".into());
+        }
+        if self.vaults.max_resources == 0 {
+            return Err("vaults.max_resources must be at least 1".into());
+        }
+        if !(1024..=(256 << 20)).contains(&self.server.max_message_bytes) {
+            return Err("server.max_message_bytes must be within 1024..=268435456".into());
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return Err("server.max_concurrent_streams must be at least 1".into());
+        }
+        if self.server.keepalive_seconds == 0 || self.server.keepalive_timeout_seconds == 0 {
+            return Err(
+                "server.keepalive_seconds and keepalive_timeout_seconds must be at least 1".into(),
+            );
+        }
+        if self.engine.max_in_flight_mib == 0 || self.engine.max_in_flight_mib > (1 << 20) {
+            return Err("engine.max_in_flight_mib must be within 1..=1048576".into());
+        }
+        if self.engine.threads > 1024 {
+            return Err("engine.threads must be at most 1024".into());
+        }
+        if self.jobs.concurrency > 1024 {
+            return Err("jobs.concurrency must be at most 1024".into());
+        }
+        if self.gc.interval_seconds > MAX_INTERVAL_SECONDS {
+            return Err(format!(
+                "gc.interval_seconds must be at most {MAX_INTERVAL_SECONDS}"
+            ));
+        }
+        for (i, p) in self.volumes.allowed_paths.iter().enumerate() {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "volumes.allowed_paths[{i}] must be an absolute path"
+                ));
+            }
         }
         if !(1..=19).contains(&self.store.zstd_level) {
             return Err("store.zstd_level must be within 1..=19".into());
         }
-        let s = &self.store;
-        if !(s.chunk_min <= s.chunk_avg && s.chunk_avg <= s.chunk_max) {
-            return Err(
-                "store chunk sizes must satisfy chunk_min <= chunk_avg <= chunk_max".into(),
-            );
-        }
+        self.store_config()
+            .chunker
+            .validate()
+            .map_err(|e| format!("store chunk sizes (chunk_min, chunk_avg, chunk_max): {e}"))?;
         for t in &self.tokens {
             if t.token.len() < 16 {
                 return Err(format!(
@@ -196,6 +376,39 @@ mod tests {
     }
 
     #[test]
+    fn every_key_is_optional() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+        let c = Config::parse(
+            "[[tokens]]\ntoken = \"0123456789abcdef0123\"\nproject = \"p\"\nuser = \"u\"\nrole = \"member\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.tokens.len(), 1);
+        assert_eq!(c.jobs, JobsConfig::default());
+        let c = Config::parse("listen = \"127.0.0.1:9\"\n[jobs]\nconcurrency = 3\n").unwrap();
+        assert_eq!(c.jobs.concurrency, 3);
+        assert_eq!(c.jobs.keep_finished_days, 30);
+        assert_eq!(c.log, "info");
+    }
+
+    #[test]
+    fn the_default_file_is_the_built_in_default() {
+        assert_eq!(Config::parse(DEFAULT_CONFIG).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn secret_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("k");
+        std::fs::write(&f, "x").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = check_private(&f, "key file").unwrap_err();
+        assert!(e.contains("0640") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        check_private(&f, "key file").unwrap();
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let top = format!("{DEFAULT_CONFIG}\nlisten_port = 1\n");
         assert!(Config::parse(&top).unwrap_err().contains("listen_port"));
@@ -232,6 +445,16 @@ mod tests {
     fn bad_values_are_refused() {
         let c = DEFAULT_CONFIG.replace("concurrency = 2", "concurrency = 0");
         assert!(Config::parse(&c).is_err());
+        for bad in [
+            "[gc]\ninterval_seconds = 18446744073709551",
+            "[store]\nchunk_min = 1",
+            "[server]\nmax_message_bytes = 1",
+            "[jobs]\nmax_queued = 0",
+            "[volumes]\nallowed_paths = [\"relative/dir\"]",
+            "[volumes]\ndedup = \"none\"",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
+        }
         let c = DEFAULT_CONFIG.replace("role = \"member\"", "role = \"owner\"");
         let c = c.replace("# [[tokens]]", "[[tokens]]");
         let c = c

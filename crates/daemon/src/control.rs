@@ -31,7 +31,10 @@ use tonic::Status;
 use uuid::Uuid;
 
 use crate::auth::Caller;
+use crate::config::DedupScope;
+use crate::hostpath::{HostPaths, Identity};
 use crate::model::*;
+use crate::page::{window, PageQuery};
 
 /// Longest name or description (characters).
 pub const MAX_NAME: usize = 255;
@@ -101,6 +104,8 @@ pub(crate) struct State {
     pub(crate) policies: HashMap<Uuid, PolicyRow>,
     /// Used bytes per vault, from the usage ledger (`usage.rs`).
     pub(crate) usage: HashMap<Uuid, u64>,
+    /// Ids of unregistered volumes, never accepted again.
+    retired: HashSet<Uuid>,
     running: HashMap<Uuid, Running>,
     next_seq: u64,
 }
@@ -186,6 +191,7 @@ impl Changes {
         }
         for id in self.gone_volumes {
             st.volumes.remove(&id);
+            st.retired.insert(id);
         }
         for id in self.gone_backups {
             st.backups.remove(&id);
@@ -227,9 +233,7 @@ pub struct CreateBackup {
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     pub sort: String,
-    pub limit: Option<u32>,
-    pub offset: u32,
-    pub marker: String,
+    pub page: PageQuery,
     pub all_tenants: bool,
     pub filters: BTreeMap<String, String>,
 }
@@ -241,6 +245,42 @@ pub struct BackupPage {
     pub parents: HashSet<Uuid>,
     /// Matching backups before paging.
     pub count: u64,
+    /// Marker of the next page, if rows remain.
+    pub next: Option<Uuid>,
+}
+
+/// Settings of the control plane (from the daemon's config).
+#[derive(Clone, Debug)]
+pub struct ControlOptions {
+    /// Jobs that may run at once.
+    pub concurrency: usize,
+    /// Where restores to new volumes create their images.
+    pub restore_dir: PathBuf,
+    /// Which host paths may be registered.
+    pub host: HostPaths,
+    /// Jobs that may wait in the queue.
+    pub max_queued: usize,
+    /// Resources one vault may bind.
+    pub max_vault_resources: usize,
+    /// Dedup domain of unencrypted volumes.
+    pub dedup: DedupScope,
+    /// Key of the MACs on exported records (derived from the master key).
+    pub record_key: Option<zeroize::Zeroizing<[u8; 32]>>,
+}
+
+impl ControlOptions {
+    /// Options for tests and embedding: `restore_dir` is the only allowed volume directory.
+    pub fn new(restore_dir: PathBuf) -> ControlOptions {
+        ControlOptions {
+            concurrency: 2,
+            host: HostPaths::new(&[], &restore_dir, &[]),
+            restore_dir,
+            max_queued: 1000,
+            max_vault_resources: 256,
+            dedup: DedupScope::Project,
+            record_key: None,
+        }
+    }
 }
 
 /// The control plane.
@@ -254,6 +294,11 @@ pub struct Control {
     pub(crate) ledger: Mutex<()>,
     concurrency: usize,
     restore_dir: PathBuf,
+    host: HostPaths,
+    max_queued: usize,
+    pub(crate) max_vault_resources: usize,
+    dedup: DedupScope,
+    pub(crate) record_key: Option<zeroize::Zeroizing<[u8; 32]>>,
     changes: tokio::sync::watch::Sender<u64>,
     shutting_down: AtomicBool,
 }
@@ -264,9 +309,9 @@ impl Control {
     pub fn open(
         engine: Arc<Engine>,
         dir: &Path,
-        concurrency: usize,
-        restore_dir: PathBuf,
+        opts: ControlOptions,
     ) -> Result<Arc<Control>, String> {
+        let restore_dir = opts.restore_dir.clone();
         std::fs::create_dir_all(&restore_dir)
             .map_err(|e| format!("restore directory {}: {e}", restore_dir.display()))?;
         let db = ControlDb::open(dir).map_err(|e| e.to_string())?;
@@ -279,6 +324,7 @@ impl Control {
             vaults: loaded.vaults.into_iter().map(|v| (v.id, v)).collect(),
             policies: loaded.policies.into_iter().map(|p| (p.id, p)).collect(),
             usage: db.vault_usage().map_err(|e| e.to_string())?,
+            retired: loaded.retired.into_iter().collect(),
             running: HashMap::new(),
         };
         recover(&db, &mut st).map_err(|e| e.message().to_string())?;
@@ -292,8 +338,14 @@ impl Control {
             engine,
             db,
             state: Mutex::new(st),
-            concurrency: concurrency.max(1),
+            concurrency: opts.concurrency.max(1),
             restore_dir,
+            // Resolved now that the restore directory exists.
+            host: opts.host,
+            max_queued: opts.max_queued.max(1),
+            max_vault_resources: opts.max_vault_resources.max(1),
+            dedup: opts.dedup,
+            record_key: opts.record_key,
             changes: tokio::sync::watch::channel(0).0,
             events: tokio::sync::broadcast::channel(256).0,
             ledger: Mutex::new(()),
@@ -347,34 +399,26 @@ impl Control {
         check_len("server_id", server_id)?;
         let tags = crate::vault::check_tags("tags", tags)?;
         let path_os = check_path(path)?;
-        let source = blockvault_engine::device::Source::open(path_os).map_err(|e| match e {
-            EngineError::Source { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                Status::invalid_argument(format!(
-                    "path: {} does not exist",
-                    path_os.to_string_lossy()
-                ))
-            }
-            EngineError::Source { source, .. } => {
-                Status::invalid_argument(format!("path: {}: {source}", path_os.to_string_lossy()))
-            }
-            other => engine_status(other),
-        })?;
-        let size = source.size;
-        drop(source);
+        let checked = self
+            .host
+            .check(path_os)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let size = checked.size;
+        let identity = checked.identity;
+        let path = checked.path.as_os_str().as_bytes().to_vec();
         {
             let st = self.state.lock();
-            if st.volumes.contains_key(&id) {
-                return Err(Status::already_exists(format!(
-                    "volume {id} already exists"
-                )));
-            }
-            if let Some(v) = st.volumes.values().find(|v| v.path == path) {
-                return Err(Status::already_exists(format!(
-                    "{} is already registered as volume {}",
-                    path_os.to_string_lossy(),
-                    v.id
-                )));
-            }
+            self.check_new_volume(&st, caller, id, identity)?;
+        }
+        if self
+            .engine
+            .encryption_key_id(&VolumeId::new(id.to_string()).map_err(|e| internal(e.to_string()))?)
+            .map_err(engine_status)?
+            .is_some()
+        {
+            return Err(Status::already_exists(format!(
+                "id: {id} was used before and cannot be used again"
+            )));
         }
         let encryption_key_id = if encrypted {
             let vid = VolumeId::new(id.to_string()).map_err(|e| internal(e.to_string()))?;
@@ -400,18 +444,79 @@ impl Control {
             busy_job: None,
             tags,
             server_id: server_id.to_string(),
+            identity: Some(identity),
         };
         let mut st = self.state.lock();
-        if st.volumes.contains_key(&id) || st.volumes.values().any(|v| v.path == path) {
-            return Err(Status::already_exists(format!(
-                "volume {id} already exists"
-            )));
-        }
+        self.check_new_volume(&st, caller, id, identity)?;
         let mut ch = Changes::volume(row.clone());
-        ch.vaults = crate::vault::auto_bind(&st, &row);
+        ch.vaults = crate::vault::auto_bind(&st, &row, self.max_vault_resources);
         ch.commit(&self.db, &mut st)?;
         tracing::info!(volume = %id, path = %path_os.to_string_lossy(), size, encrypted, "volume registered");
         Ok(row)
+    }
+
+    /// Refuses an id that is or was in use, and a device or file that is registered already
+    /// (in any project; the answer names no other project's volume).
+    fn check_new_volume(
+        &self,
+        st: &State,
+        caller: &Caller,
+        id: Uuid,
+        identity: Identity,
+    ) -> Result<(), Status> {
+        if st.volumes.contains_key(&id)
+            || st.retired.contains(&id)
+            || st.backups.values().any(|b| b.volume_id == id)
+        {
+            return Err(Status::already_exists(format!(
+                "id: {id} was used before and cannot be used again"
+            )));
+        }
+        if let Some(v) = st.volumes.values().find(|v| v.identity == Some(identity)) {
+            return Err(Status::already_exists(if caller.sees(&v.project_id) {
+                format!("path: already registered as volume {}", v.id)
+            } else {
+                "path: this device or file is already registered as a volume".to_string()
+            }));
+        }
+        Ok(())
+    }
+
+    /// Checks, just before a job touches a volume's path, that it still resolves to an allowed
+    /// path naming the device or file that was registered.
+    fn check_volume_path(
+        &self,
+        path: &[u8],
+        identity: Option<Identity>,
+    ) -> Result<PathBuf, EngineError> {
+        let p = Path::new(OsStr::from_bytes(path));
+        let checked = self
+            .host
+            .check(p)
+            .map_err(|e| EngineError::Internal(format!("the volume's {e}")))?;
+        if identity.is_some_and(|i| i != checked.identity) {
+            return Err(EngineError::Internal(format!(
+                "the volume's path {} names another device or file than when it was registered",
+                p.display()
+            )));
+        }
+        Ok(checked.path)
+    }
+
+    /// Refuses a new job when the queue is full.
+    fn check_queue(&self, st: &State) -> Result<(), Status> {
+        let queued = st
+            .jobs
+            .values()
+            .filter(|j| j.state == JobState::Queued)
+            .count();
+        if queued >= self.max_queued {
+            return Err(Status::resource_exhausted(format!(
+                "{queued} jobs are queued, the most this daemon accepts ([jobs] max_queued); \
+                 try again when some have run"
+            )));
+        }
+        Ok(())
     }
 
     /// Volumes.List, oldest first.
@@ -419,17 +524,18 @@ impl Control {
         &self,
         caller: &Caller,
         all_tenants: bool,
-    ) -> Result<Vec<VolumeRow>, Status> {
+        page: &PageQuery,
+    ) -> Result<(Vec<VolumeRow>, Option<Uuid>), Status> {
         caller.may_list_all(all_tenants)?;
         let st = self.state.lock();
-        let mut v: Vec<VolumeRow> = st
+        let mut v: Vec<&VolumeRow> = st
             .volumes
             .values()
             .filter(|v| all_tenants || v.project_id == caller.project)
-            .cloned()
             .collect();
         v.sort_by_key(|v| (v.created_at, v.id));
-        Ok(v)
+        let (range, next) = window(&v, |v| v.id, page, "volumes")?;
+        Ok((v[range].iter().map(|v| (*v).clone()).collect(), next))
     }
 
     /// Volumes.Get.
@@ -490,7 +596,7 @@ impl Control {
         }
         v.updated_at = now();
         let mut ch = Changes::volume(v.clone());
-        ch.vaults = crate::vault::auto_bind(&st, &v);
+        ch.vaults = crate::vault::auto_bind(&st, &v, self.max_vault_resources);
         ch.commit(&self.db, &mut st)?;
         Ok(v)
     }
@@ -541,6 +647,7 @@ impl Control {
             Some(parse_uuid("snapshot_id", &req.snapshot_id)?)
         };
         let mut st = self.state.lock();
+        self.check_queue(&st)?;
         let vol = visible_volume(&st, caller, &volume_id)?.clone();
         let vault_id = crate::vault::vault_for_backup(&st, &vol, &req.container)?;
         match vol.idle_status {
@@ -711,23 +818,13 @@ impl Control {
             a.id.cmp(&b.id)
         });
         let count = rows.len() as u64;
-        let mut start = 0;
-        if !q.marker.is_empty() {
-            let m = parse_uuid("marker", &q.marker)?;
-            start = rows.iter().position(|b| b.id == m).ok_or_else(|| {
-                Status::invalid_argument(format!("marker {m} is not among the listed backups"))
-            })? + 1;
-        }
-        let start = start.saturating_add(q.offset as usize).min(rows.len());
-        let end = match q.limit {
-            Some(l) => start.saturating_add(l as usize).min(rows.len()),
-            None => rows.len(),
-        };
+        let (range, next) = window(&rows, |b| b.id, &q.page, "backups")?;
         let parents = st.backups.values().filter_map(|b| b.parent_id).collect();
         Ok(BackupPage {
-            backups: rows[start..end].iter().map(|b| (*b).clone()).collect(),
+            backups: rows[range].iter().map(|b| (*b).clone()).collect(),
             parents,
             count,
+            next,
         })
     }
 
@@ -882,6 +979,7 @@ impl Control {
         };
         check_len("name", name)?;
         let mut st = self.state.lock();
+        self.check_queue(&st)?;
         let mut backup = visible_backup(&st, caller, &backup_id)?.clone();
         if backup.status != BackupStatus::Available {
             return Err(Status::failed_precondition(format!(
@@ -894,6 +992,12 @@ impl Control {
         let (volume, target, new_volume) = match target_id {
             Some(vid) => {
                 let mut v = visible_volume(&st, caller, &vid)?.clone();
+                if v.project_id != backup.project_id {
+                    return Err(Status::permission_denied(format!(
+                        "volume_id: volume {vid} is not in the backup's project; a backup is \
+                         restored only to a volume of its own project"
+                    )));
+                }
                 if v.status != VolumeStatus::Available || v.busy_job.is_some() {
                     return Err(Status::failed_precondition(format!(
                         "volume {vid} is {}; a restore target must be available",
@@ -943,6 +1047,7 @@ impl Control {
                     busy_job: None,
                     tags: Vec::new(),
                     server_id: String::new(),
+                    identity: None,
                 };
                 let p = v.path.clone();
                 (v, p, true)
@@ -1021,6 +1126,31 @@ impl Control {
                 b.id
             )));
         }
+        // The backup joins the caller's project: its volume and its parent must not be another
+        // project's (their keys, parent chain and dependents rule are scoped to the project).
+        let foreign = |project: &str| project != caller.project;
+        if st
+            .volumes
+            .get(&b.volume_id)
+            .is_some_and(|v| foreign(&v.project_id))
+            || st
+                .backups
+                .values()
+                .any(|o| o.volume_id == b.volume_id && foreign(&o.project_id))
+        {
+            return Err(Status::permission_denied(format!(
+                "backup_url: backup {} belongs to a volume of another project",
+                b.id
+            )));
+        }
+        if let Some(parent) = b.parent_id.and_then(|p| st.backups.get(&p)) {
+            if foreign(&parent.project_id) {
+                return Err(Status::permission_denied(format!(
+                    "backup_url: the parent of backup {} belongs to another project",
+                    b.id
+                )));
+            }
+        }
         b.project_id = caller.project.clone();
         b.user_id = caller.user.clone();
         b.status = BackupStatus::Available;
@@ -1077,7 +1207,8 @@ impl Control {
         caller: &Caller,
         all_tenants: bool,
         state: &str,
-    ) -> Result<Vec<JobRow>, Status> {
+        page: &PageQuery,
+    ) -> Result<(Vec<JobRow>, Option<Uuid>), Status> {
         caller.may_list_all(all_tenants)?;
         let want = if state.is_empty() {
             None
@@ -1087,15 +1218,15 @@ impl Control {
             })?)
         };
         let st = self.state.lock();
-        let mut v: Vec<JobRow> = st
+        let mut v: Vec<&JobRow> = st
             .jobs
             .values()
             .filter(|j| all_tenants || j.project_id == caller.project)
             .filter(|j| want.is_none_or(|s| j.state == s))
-            .map(|j| live(&st, j))
             .collect();
         v.sort_by_key(|j| std::cmp::Reverse(j.seq));
-        Ok(v)
+        let (range, next) = window(&v, |j| j.id, page, "jobs")?;
+        Ok((v[range].iter().map(|j| live(&st, j)).collect(), next))
     }
 
     /// Jobs.Cancel.
@@ -1189,8 +1320,17 @@ impl Control {
             let spawned = std::thread::Builder::new()
                 .name(format!("bv-job-{}", &id.to_string()[..8]))
                 .spawn(move || {
-                    let outcome = me.execute(&job, &run);
-                    let outcome = me.charge_backup(&job, &run, outcome);
+                    // A panic (a bug, or input no check foresaw) fails only this job, with a
+                    // reason; the daemon and every other job go on.
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let outcome = me.execute(&job, &run);
+                        me.charge_backup(&job, &run, outcome)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        let why = panic_message(&panic);
+                        tracing::error!(job = %id, panic = %why, "job panicked");
+                        Err(EngineError::Internal(format!("internal error: {why}")))
+                    });
                     me.finish(id, outcome);
                     me.dispatch();
                 });
@@ -1219,12 +1359,23 @@ impl Control {
                     Ok(_) => self.engine.delete(&backup)?,
                     Err(_) => {}
                 }
-                let row = self.state.lock().backups.get(&job.backup_id).cloned();
+                let (row, identity) = {
+                    let st = self.state.lock();
+                    let row = st.backups.get(&job.backup_id).cloned();
+                    let source = job.source.as_deref().unwrap_or_default();
+                    // The source is the volume's path or, with snapshot_id, another volume's.
+                    let identity = st
+                        .volumes
+                        .values()
+                        .find(|v| v.path == source && v.project_id == job.project_id)
+                        .and_then(|v| v.identity);
+                    (row, identity)
+                };
                 let row = row.ok_or_else(|| EngineError::Internal("backup row vanished".into()))?;
                 let volume = VolumeId::new(job.volume_id.to_string())?;
-                let source = job.source.clone().unwrap_or_default();
-                let mut opts =
-                    BackupOptions::new(volume, PathBuf::from(OsStr::from_bytes(&source)));
+                let source =
+                    self.check_volume_path(job.source.as_deref().unwrap_or_default(), identity)?;
+                let mut opts = BackupOptions::new(volume, source);
                 opts.id = Some(backup);
                 opts.incremental = row.parent_id.is_some();
                 opts.parent = row.parent_id.map(BackupId);
@@ -1235,8 +1386,19 @@ impl Control {
             }
             JobKind::Restore => {
                 let target = job.target.clone().unwrap_or_default();
-                let mut opts =
-                    RestoreOptions::new(backup, PathBuf::from(OsStr::from_bytes(&target)));
+                let target = if job.new_volume {
+                    // A new image under the restore directory, named by the daemon.
+                    PathBuf::from(OsStr::from_bytes(&target))
+                } else {
+                    let identity = self
+                        .state
+                        .lock()
+                        .volumes
+                        .get(&job.volume_id)
+                        .and_then(|v| v.identity);
+                    self.check_volume_path(&target, identity)?
+                };
+                let mut opts = RestoreOptions::new(backup, target);
                 opts.progress = run.progress.clone();
                 opts.cancel = run.cancel.clone();
                 self.engine.restore(opts).map(|_| ())
@@ -1278,7 +1440,14 @@ impl Control {
             Ok(crate::usage::Charged::Done(used)) => {
                 if !auto_expand && used > cap {
                     run.progress.over.store(true, Ordering::SeqCst);
-                    return undo(Err(EngineError::Cancelled));
+                    let res = undo(Err(EngineError::Cancelled));
+                    // The refused backup keeps nothing: without its record and references, GC
+                    // reclaims what only it stored.
+                    if let Err(e) = self.engine.delete(&BackupId(job.backup_id)) {
+                        tracing::error!(backup = %job.backup_id, error = %e,
+                                        "dropping a backup refused for capacity");
+                    }
+                    return res;
                 }
                 Ok(())
             }
@@ -1341,7 +1510,16 @@ impl Control {
                 Err(e) => (JobState::Failed, Err(e.to_string())),
             };
             let kind = job.kind;
+            let restored_new = kind == JobKind::Restore && job.new_volume && res.is_ok();
             let mut ch = end_job(&st, job, res, state);
+            if restored_new {
+                for v in &mut ch.volumes {
+                    match self.host.check(Path::new(OsStr::from_bytes(&v.path))) {
+                        Ok(c) => v.identity = Some(c.identity),
+                        Err(e) => tracing::warn!(volume = %v.id, error = %e, "restored image"),
+                    }
+                }
+            }
             if state == JobState::Succeeded {
                 if let Some(b) = ch.backups.first_mut() {
                     if let Ok(rec) = self.engine.get(&BackupId(b.id)) {
@@ -1718,6 +1896,14 @@ pub fn engine_status(e: EngineError) -> Status {
         EngineError::Cancelled => Status::cancelled(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {

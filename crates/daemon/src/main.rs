@@ -22,7 +22,7 @@ struct Args {
     config: Option<PathBuf>,
     /// Address to listen on, overriding the config (port 0 picks a free port; the bound
     /// address is written to <data-dir>/listen.addr).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "BLOCKVAULTD_LISTEN")]
     listen: Option<SocketAddr>,
     /// Data directory, overriding the config.
     #[arg(long, value_name = "DIR")]

@@ -29,7 +29,10 @@ pub(crate) const CF_VAULT_CHUNKS: &str = "vault_chunks";
 pub(crate) const CF_VAULT_CHARGES: &str = "vault_charges";
 /// Vault usage ledger: `vault -> used bytes u64 LE`.
 pub(crate) const CF_VAULT_USED: &str = "vault_used";
-const ALL_CFS: [&str; 8] = [
+/// Volume ids that were once registered: `volume id -> ""`. An id is never accepted again, so a
+/// caller who picks ids cannot step into a former volume's keys, backups or parent chain.
+const CF_RETIRED_VOLUMES: &str = "retired_volumes";
+const ALL_CFS: [&str; 9] = [
     CF_VOLUMES,
     CF_BACKUPS,
     CF_JOBS,
@@ -38,6 +41,7 @@ const ALL_CFS: [&str; 8] = [
     CF_VAULT_CHUNKS,
     CF_VAULT_CHARGES,
     CF_VAULT_USED,
+    CF_RETIRED_VOLUMES,
 ];
 
 /// A volume's Cinder-style status.
@@ -194,6 +198,9 @@ pub struct VolumeRow {
     /// The server the volume belongs to ("" for none).
     #[serde(default)]
     pub server_id: String,
+    /// What the path named when it was registered (rows from before this field have none).
+    #[serde(default)]
+    pub identity: Option<crate::hostpath::Identity>,
 }
 
 /// A resource bound to a vault.
@@ -366,6 +373,8 @@ pub struct Loaded {
     pub jobs: Vec<JobRow>,
     pub vaults: Vec<VaultRow>,
     pub policies: Vec<PolicyRow>,
+    /// Ids of unregistered volumes.
+    pub retired: Vec<Uuid>,
 }
 
 /// Errors of the control database.
@@ -411,7 +420,22 @@ impl ControlDb {
             jobs: self.load_cf(CF_JOBS)?,
             vaults: self.load_cf(CF_VAULTS)?,
             policies: self.load_cf(CF_POLICIES)?,
+            retired: self.load_keys(CF_RETIRED_VOLUMES)?,
         })
+    }
+
+    fn load_keys(&self, cf: &str) -> Result<Vec<Uuid>, DbError> {
+        let h = self.db.cf_handle(cf).expect("column family opened");
+        self.db
+            .iterator_cf(h, IteratorMode::Start)
+            .map(|kv| {
+                let (k, _) = kv?;
+                Uuid::from_slice(&k).map_err(|e| DbError::Corrupt {
+                    key: format!("{cf}/{}", hex::encode(&k)),
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
     }
 
     fn load_cf<T: DeserializeOwned>(&self, cf: &str) -> Result<Vec<T>, DbError> {
@@ -509,7 +533,14 @@ impl TxnBuilder<'_> {
         self.delete(CF_POLICIES, id)
     }
 
+    /// Removes a volume and retires its id for good.
     pub fn delete_volume(&mut self, id: &Uuid) -> &mut Self {
+        let h = self
+            .db
+            .db
+            .cf_handle(CF_RETIRED_VOLUMES)
+            .expect("column family opened");
+        self.txn.batch.put_cf(h, id.as_bytes(), b"");
         self.delete(CF_VOLUMES, id)
     }
 

@@ -28,6 +28,7 @@ use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::config::Role;
+use crate::config::MAX_INTERVAL_SECONDS;
 use crate::control::{parse_uuid, Changes, Control, CreateBackup, State};
 use crate::model::*;
 
@@ -67,8 +68,11 @@ fn parse_schedule(
                 "give interval_seconds or days/times, not both",
             ));
         }
-        if interval < 60 {
-            return Err(invalid("schedule.interval_seconds", "at least 60"));
+        if !(60..=MAX_INTERVAL_SECONDS).contains(&interval) {
+            return Err(invalid(
+                "schedule.interval_seconds",
+                format!("{interval} is outside 60..={MAX_INTERVAL_SECONDS} (ten years)"),
+            ));
         }
         return Ok((interval, Vec::new(), Vec::new()));
     }
@@ -115,27 +119,45 @@ fn parse_schedule(
     Ok((0, d, t))
 }
 
-/// The first scheduled slot strictly after `after`.
-pub fn next_slot(p: &PolicyRow, after: OffsetDateTime) -> OffsetDateTime {
+/// The first scheduled slot strictly after `after`; `None` when there is none that time can
+/// represent (rows are validated, but a stored row is still not trusted to keep arithmetic in
+/// range).
+pub fn next_slot(p: &PolicyRow, after: OffsetDateTime) -> Option<OffsetDateTime> {
     if p.interval_seconds > 0 {
-        return after + Duration::from_secs(p.interval_seconds);
+        let secs = i64::try_from(p.interval_seconds).ok()?;
+        return after.checked_add(time::Duration::seconds(secs));
     }
     let midnight = after.replace_time(time::Time::MIDNIGHT);
     for day in 0..8i64 {
-        let date = midnight + time::Duration::days(day);
+        let date = midnight.checked_add(time::Duration::days(day))?;
         let wd = date.weekday().number_days_from_monday();
         if !p.days.is_empty() && !p.days.contains(&wd) {
             continue;
         }
         for &m in &p.times {
-            let at = date + time::Duration::minutes(i64::from(m));
+            let at = date.checked_add(time::Duration::minutes(i64::from(m)))?;
             if at > after {
-                return at;
+                return Some(at);
             }
         }
     }
     // Unreachable with at least one time and a valid day list; be safe.
-    after + Duration::from_secs(86_400)
+    after.checked_add(time::Duration::days(1))
+}
+
+/// Upper bounds of the policy's counts: far beyond any use, and small enough that no count
+/// overflows a time or a sum.
+const MAX_FULL_EVERY: u32 = 10_000;
+const MAX_KEEP_BACKUPS: u32 = 100_000;
+const MAX_KEEP_DAYS: u32 = 36_600;
+const MAX_KEEP_WEEKS: u32 = 5_200;
+const MAX_KEEP_MONTHS: u32 = 1_200;
+
+fn bounded(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, Status> {
+    if !(lo..=hi).contains(&v) {
+        return Err(invalid(field, format!("{v} is outside {lo}..={hi}")));
+    }
+    Ok(v)
 }
 
 fn check_name(name: &str) -> Result<String, Status> {
@@ -163,15 +185,18 @@ fn apply(p: &mut PolicyRow, spec: PolicySpec) -> Result<(), Status> {
         p.times = t;
     }
     if let Some(f) = spec.full_every {
-        p.full_every = f;
+        p.full_every = bounded("full_every", f, 0, MAX_FULL_EVERY)?;
     }
     if let Some((max, days, daily, weekly, monthly)) = spec.retention {
-        if max == Some(0) {
-            return Err(invalid("retention.max_backups", "at least 1 when set"));
+        if let Some(m) = max {
+            bounded("retention.max_backups", m, 1, MAX_KEEP_BACKUPS)?;
         }
-        if days == Some(0) {
-            return Err(invalid("retention.max_days", "at least 1 when set"));
+        if let Some(d) = days {
+            bounded("retention.max_days", d, 1, MAX_KEEP_DAYS)?;
         }
+        bounded("retention.daily", daily, 0, MAX_KEEP_DAYS)?;
+        bounded("retention.weekly", weekly, 0, MAX_KEEP_WEEKS)?;
+        bounded("retention.monthly", monthly, 0, MAX_KEEP_MONTHS)?;
         p.max_backups = max;
         p.max_days = days;
         p.keep_daily = daily;
@@ -336,9 +361,23 @@ impl PolicyRunner {
         let mut queued = Vec::new();
         let (due, next) = self.due(now);
         for vault in due {
-            queued.extend(self.run_vault(vault, now));
+            // A panic in one vault's run (a bug, or a row no check foresaw) is logged and
+            // skips that vault only; every other vault's schedule still fires.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.run_vault(vault, now)
+            })) {
+                Ok(q) => queued.extend(q),
+                Err(p) => {
+                    tracing::error!(vault = %vault, panic = %crate::control::panic_message(&p),
+                                          "policy run panicked")
+                }
+            }
         }
-        self.apply_retention(now);
+        if let Err(p) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply_retention(now)))
+        {
+            tracing::error!(panic = %crate::control::panic_message(&p), "retention panicked");
+        }
         (queued, next.map(|n| n.max(now)))
     }
 
@@ -355,11 +394,16 @@ impl PolicyRunner {
                 continue;
             }
             let base = v.last_run.unwrap_or(v.created_at.max(p.updated_at));
-            let at = next_slot(p, base);
+            // A policy whose next slot lies beyond representable time never runs again; it
+            // must not stop the others.
+            let Some(at) = next_slot(p, base) else {
+                continue;
+            };
             if at <= now {
                 due.push(v.id);
-                let after = next_slot(p, now);
-                next = Some(next.map_or(after, |n| n.min(after)));
+                if let Some(after) = next_slot(p, now) {
+                    next = Some(next.map_or(after, |n| n.min(after)));
+                }
             } else {
                 next = Some(next.map_or(at, |n| n.min(at)));
             }
@@ -503,7 +547,9 @@ impl PolicyRunner {
 fn prune_list(st: &State, v: &VaultRow, p: &PolicyRow, now: OffsetDateTime) -> Vec<Uuid> {
     let any_rule = p.max_backups.is_some()
         || p.max_days.is_some()
-        || p.keep_daily + p.keep_weekly + p.keep_monthly > 0;
+        || p.keep_daily > 0
+        || p.keep_weekly > 0
+        || p.keep_monthly > 0;
     if !any_rule {
         return Vec::new();
     }
@@ -527,8 +573,11 @@ fn prune_list(st: &State, v: &VaultRow, p: &PolicyRow, now: OffsetDateTime) -> V
             keep.extend(list.iter().take(n as usize).map(|b| b.id));
         }
         if let Some(d) = p.max_days {
-            let cut = now - time::Duration::days(i64::from(d));
-            keep.extend(list.iter().filter(|b| b.created_at > cut).map(|b| b.id));
+            // Beyond representable time every backup is young enough.
+            match now.checked_sub(time::Duration::days(i64::from(d))) {
+                Some(cut) => keep.extend(list.iter().filter(|b| b.created_at > cut).map(|b| b.id)),
+                None => keep.extend(list.iter().map(|b| b.id)),
+            }
         }
         let buckets: [(u32, Bucket); 3] = [
             (p.keep_daily, |t| (t.year(), t.ordinal() as u32)),
@@ -609,20 +658,33 @@ mod tests {
         // 2026-11-24 is a Tuesday.
         let p = policy(&["mon", "wed"], &["01:30", "13:00"]);
         let tue_noon = datetime!(2026-11-24 12:00 UTC);
-        assert_eq!(next_slot(&p, tue_noon), datetime!(2026-11-25 1:30 UTC));
+        assert_eq!(
+            next_slot(&p, tue_noon),
+            Some(datetime!(2026-11-25 1:30 UTC))
+        );
         assert_eq!(
             next_slot(&p, datetime!(2026-11-25 1:30 UTC)),
-            datetime!(2026-11-25 13:00 UTC)
+            Some(datetime!(2026-11-25 13:00 UTC))
         );
         assert_eq!(
             next_slot(&p, datetime!(2026-11-25 13:00 UTC)),
-            datetime!(2026-11-30 1:30 UTC)
+            Some(datetime!(2026-11-30 1:30 UTC))
         );
         let every_day = policy(&[], &["23:59"]);
         assert_eq!(
             next_slot(&every_day, datetime!(2026-12-31 23:59 UTC)),
-            datetime!(2027-01-01 23:59 UTC)
+            Some(datetime!(2027-01-01 23:59 UTC))
         );
+    }
+
+    #[test]
+    fn stored_rows_out_of_range_give_no_slot_instead_of_a_panic() {
+        let mut p = policy(&[], &["01:00"]);
+        p.times.clear();
+        p.interval_seconds = 18_446_744_073_709_551;
+        assert_eq!(next_slot(&p, datetime!(2026-11-24 12:00 UTC)), None);
+        p.interval_seconds = u64::MAX;
+        assert_eq!(next_slot(&p, datetime!(2026-11-24 12:00 UTC)), None);
     }
 
     #[test]
@@ -640,5 +702,6 @@ mod tests {
         assert!(bad(0, &[], &["1:60"]).starts_with("schedule.times[0]"));
         assert!(bad(0, &[], &["noon"]).starts_with("schedule.times[0]"));
         assert_eq!(parse_schedule(60, &[], &[]).unwrap().0, 60);
+        assert!(bad(18_446_744_073_709_551, &[], &[]).starts_with("schedule.interval_seconds"));
     }
 }

@@ -18,9 +18,10 @@ use tokio::net::TcpListener;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::api::Api;
-use crate::auth::{load_or_create_admin_token, Auth};
-use crate::config::Config;
-use crate::control::Control;
+use crate::auth::{load_or_create_admin_token, Auth, ADMIN_TOKEN_FILE};
+use crate::config::{check_private, Config};
+use crate::control::{Control, ControlOptions};
+use crate::hostpath::HostPaths;
 
 /// File in the data directory holding the address the server bound.
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
@@ -47,13 +48,19 @@ impl Daemon {
             config.restore_dir = Some(std::path::absolute(r)?);
         }
         let dir = &config.data_dir;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("data directory {}", dir.display()))?;
+        private_dir(dir).with_context(|| format!("data directory {}", dir.display()))?;
         let _ = std::fs::remove_file(dir.join(LISTEN_ADDR_FILE));
         let admin_token = load_or_create_admin_token(dir)
             .with_context(|| format!("admin token in {}", dir.display()))?;
+        check_private(&dir.join(ADMIN_TOKEN_FILE), "token file").map_err(anyhow::Error::msg)?;
         let store_dir = dir.join("store");
         let key_file = std::path::absolute(config.key_file())?;
+        if key_file.exists() {
+            check_private(&key_file, "key file").map_err(anyhow::Error::msg)?;
+        }
+        if let Some(tls) = &config.tls {
+            check_private(&tls.key_file, "TLS key file").map_err(anyhow::Error::msg)?;
+        }
         if !store_dir.join(blockvault_store::CONFIG_FILE).exists() {
             Engine::init(&store_dir, config.store_config(), Some(&key_file))
                 .with_context(|| format!("creating the store in {}", store_dir.display()))?;
@@ -64,18 +71,32 @@ impl Daemon {
             EngineOptions {
                 threads: config.engine.threads,
                 max_bytes_in_flight: config.engine.max_in_flight_mib << 20,
-                key_file: Some(key_file),
+                key_file: Some(key_file.clone()),
             },
         )
         .with_context(|| format!("opening the store in {}", store_dir.display()))?;
-        let control = Control::open(
-            Arc::new(engine),
-            &dir.join("control"),
-            config.jobs.concurrency,
-            config.restore_dir(),
-        )
-        .map_err(anyhow::Error::msg)
-        .context("opening the control database")?;
+        let record_key = blockvault_engine::read_key_file(&key_file)
+            .with_context(|| format!("master key {}", key_file.display()))?
+            .record_mac_key();
+        let restore_dir = config.restore_dir();
+        std::fs::create_dir_all(&restore_dir)
+            .with_context(|| format!("restore directory {}", restore_dir.display()))?;
+        let mut forbidden = vec![dir.clone(), key_file.clone()];
+        if let Some(tls) = &config.tls {
+            forbidden.push(std::path::absolute(&tls.key_file)?);
+        }
+        let opts = ControlOptions {
+            concurrency: config.jobs.concurrency,
+            host: HostPaths::new(&config.volumes.allowed_paths, &restore_dir, &forbidden),
+            restore_dir,
+            max_queued: config.jobs.max_queued,
+            max_vault_resources: config.vaults.max_resources,
+            dedup: config.volumes.dedup,
+            record_key: Some(record_key),
+        };
+        let control = Control::open(Arc::new(engine), &dir.join("control"), opts)
+            .map_err(anyhow::Error::msg)
+            .context("opening the control database")?;
         let auth = Auth::new(&config.tokens, &admin_token);
         Ok(Daemon {
             control,
@@ -111,15 +132,27 @@ impl Daemon {
         reporter.set_serving::<VaultsServer<Api>>().await;
         reporter.set_serving::<PoliciesServer<Api>>().await;
         reporter.set_serving::<MaintenanceServer<Api>>().await;
+        // Reflection in both versions: grpcurl speaks v1, Python's grpcio-reflection and older
+        // tools only v1alpha.
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(blockvault_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("reflection service")?;
+        let reflection_alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(blockvault_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .context("reflection service (v1alpha)")?;
         let api = Api::new(self.control.clone());
         let auth = self.auth.clone();
         let check = move |req| auth.intercept(req);
-        let mut builder = Server::builder();
+        let limits = &self.config.server;
+        let max_msg = limits.max_message_bytes;
+        let mut builder = Server::builder()
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_seconds)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_seconds)));
         if let Some(tls) = &self.config.tls {
             let cert = std::fs::read(&tls.cert_file)
                 .with_context(|| format!("TLS certificate {}", tls.cert_file.display()))?;
@@ -129,15 +162,25 @@ impl Daemon {
                 .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
                 .context("TLS configuration")?;
         }
+        // Every service decodes at most `max_message_bytes` per request message.
+        macro_rules! limited {
+            ($server:ident) => {
+                tonic::service::interceptor::InterceptedService::new(
+                    $server::new(api.clone()).max_decoding_message_size(max_msg),
+                    check.clone(),
+                )
+            };
+        }
         let router = builder
             .add_service(health)
             .add_service(reflection)
-            .add_service(VolumesServer::with_interceptor(api.clone(), check.clone()))
-            .add_service(BackupsServer::with_interceptor(api.clone(), check.clone()))
-            .add_service(JobsServer::with_interceptor(api.clone(), check.clone()))
-            .add_service(VaultsServer::with_interceptor(api.clone(), check.clone()))
-            .add_service(PoliciesServer::with_interceptor(api.clone(), check.clone()))
-            .add_service(MaintenanceServer::with_interceptor(api, check));
+            .add_service(reflection_alpha)
+            .add_service(limited!(VolumesServer))
+            .add_service(limited!(BackupsServer))
+            .add_service(limited!(JobsServer))
+            .add_service(limited!(VaultsServer))
+            .add_service(limited!(PoliciesServer))
+            .add_service(limited!(MaintenanceServer));
 
         let control = self.control.clone();
         tokio::task::spawn_blocking({
@@ -229,6 +272,18 @@ async fn scheduled_gc(control: Arc<Control>, interval: u64) {
             Err(e) => tracing::warn!(error = %e, "scheduled gc task failed"),
         }
     }
+}
+
+/// Creates `dir` (and parents) and makes it 0700: it holds the store, keys and tokens.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::info!(dir = %dir.display(), "data directory made private (0700)");
+    }
+    Ok(())
 }
 
 fn write_listen_addr(dir: &Path, addr: SocketAddr) -> Result<()> {

@@ -369,7 +369,14 @@ impl Control {
         }
         self.db
             .put_charge_row(&vault, &backup, None)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // The caller drops the manifest next. The uncount must be durable first: were it lost in
+        // a power cut after the manifest is gone, nothing could uncount the backup any more. The
+        // WAL is sequential, so syncing it makes every batch above durable.
+        self.db
+            .db
+            .flush_wal(true)
+            .map_err(|e| format!("vault ledger sync: {e}"))
     }
 
     /// Start-up reconciliation: completes the charges of available backups in vaults (also
@@ -449,13 +456,11 @@ mod tests {
 
     fn open(dir: &Path) -> Arc<Control> {
         let engine = Engine::open(dir.join("store"), EngineOptions::default()).unwrap();
-        Control::open(
-            Arc::new(engine),
-            &dir.join("control"),
-            1,
-            dir.join("restore"),
-        )
-        .unwrap()
+        let mut opts = crate::control::ControlOptions::new(dir.join("restore"));
+        opts.concurrency = 1;
+        opts.host =
+            crate::hostpath::HostPaths::new(&[dir.to_path_buf()], &dir.join("restore"), &[]);
+        Control::open(Arc::new(engine), &dir.join("control"), opts).unwrap()
     }
 
     /// Reopens after `control` is gone (job threads drop their handles when they end).

@@ -302,6 +302,12 @@ fn check_resources(
                 ),
             ));
         }
+        if r.exclude_volumes.len() > 1000 {
+            return Err(invalid(
+                &format!("{f}.extra_info.exclude_volumes"),
+                "at most 1000 volumes",
+            ));
+        }
         for (j, x) in r.exclude_volumes.iter().enumerate() {
             parse_uuid(&format!("{f}.extra_info.exclude_volumes[{j}]"), x)?;
         }
@@ -499,11 +505,33 @@ fn emit(control: &Control, v: &VaultRow, used: u64, events: Vec<(&'static str, S
     }
 }
 
-/// Vaults whose bind rules `vol` matches and that do not hold it yet, with it added.
-pub(crate) fn auto_bind(st: &State, vol: &VolumeRow) -> Vec<VaultRow> {
+impl Control {
+    /// Refuses more resources than a vault may bind (`[vaults] max_resources`).
+    fn check_resource_count(&self, field: &str, n: usize) -> Result<(), Status> {
+        if n > self.max_vault_resources {
+            return Err(Status::resource_exhausted(format!(
+                "{field}: {n} resources; a vault binds at most {} ([vaults] max_resources)",
+                self.max_vault_resources
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Vaults whose bind rules `vol` matches and that do not hold it yet, with it added. A vault
+/// that holds `max` resources already is left alone (logged).
+pub(crate) fn auto_bind(st: &State, vol: &VolumeRow, max: usize) -> Vec<VaultRow> {
     st.vaults
         .values()
         .filter(|v| v.project_id == vol.project_id && v.auto_bind && !v.bind_rules.is_empty())
+        .filter(|v| {
+            let room = v.resources.len() < max;
+            if !room {
+                tracing::warn!(vault = %v.id, volume = %vol.id, max,
+                               "auto_bind: the vault is full of resources; not bound");
+            }
+            room
+        })
         .filter(|v| v.bind_rules.iter().all(|r| vol.tags.contains(r)))
         .filter(|v| !v.resources.iter().any(|r| r.id == vol.id.to_string()))
         .map(|v| {
@@ -521,7 +549,7 @@ pub(crate) fn auto_bind(st: &State, vol: &VolumeRow) -> Vec<VaultRow> {
 }
 
 /// Binds every volume of the project that matches `v`'s rules.
-fn bind_matching(st: &State, v: &mut VaultRow) {
+fn bind_matching(st: &State, v: &mut VaultRow, max: usize) {
     if !v.auto_bind || v.bind_rules.is_empty() {
         return;
     }
@@ -533,6 +561,10 @@ fn bind_matching(st: &State, v: &mut VaultRow) {
         .collect();
     vols.sort_by_key(|vol| vol.created_at);
     for vol in vols {
+        if v.resources.len() >= max {
+            tracing::warn!(vault = %v.id, max, "auto_bind: the vault is full of resources");
+            break;
+        }
         if !v.resources.iter().any(|r| r.id == vol.id.to_string()) {
             v.resources.push(ResourceRow {
                 id: vol.id.to_string(),
@@ -648,6 +680,7 @@ impl Control {
         max_chars("enterprise_project_id", &spec.enterprise_project_id, 64)?;
         let mut st = self.state.lock();
         let resources = check_resources(&st, &caller.project, spec.resources, 0)?;
+        self.check_resource_count("resources", resources.len())?;
         let policy = check_policy(&st, &caller.project, &spec.backup_policy_id)?;
         if st
             .vaults
@@ -689,7 +722,7 @@ impl Control {
             runs: Default::default(),
             last_run: None,
         };
-        bind_matching(&st, &mut v);
+        bind_matching(&st, &mut v, self.max_vault_resources);
         Changes::vault(v.clone()).commit(&self.db, &mut st)?;
         tracing::info!(vault = %v.id, name = %v.name, size_gb = v.billing.size_gb, "vault created");
         Ok(view(&st, &v))
@@ -707,7 +740,8 @@ impl Control {
         &self,
         caller: &Caller,
         all_tenants: bool,
-    ) -> Result<Vec<VaultView>, Status> {
+        page: &crate::page::PageQuery,
+    ) -> Result<(Vec<VaultView>, Option<Uuid>), Status> {
         caller.may_list_all(all_tenants)?;
         let st = self.state.lock();
         let mut v: Vec<&VaultRow> = st
@@ -716,7 +750,8 @@ impl Control {
             .filter(|v| all_tenants || v.project_id == caller.project)
             .collect();
         v.sort_by_key(|v| (v.created_at, v.id));
-        Ok(v.into_iter().map(|v| view(&st, v)).collect())
+        let (range, next) = crate::page::window(&v, |v| v.id, page, "vaults")?;
+        Ok((v[range].iter().map(|v| view(&st, v)).collect(), next))
     }
 
     /// Vaults.Update.
@@ -796,7 +831,7 @@ impl Control {
         if let Some(t) = u.tags {
             v.tags = check_tags("tags", t)?;
         }
-        bind_matching(&st, &mut v);
+        bind_matching(&st, &mut v, self.max_vault_resources);
         let used = used_bytes(&st, &v.id);
         let mut events = Vec::new();
         evaluate_threshold(&mut v, used, &mut events);
@@ -845,6 +880,7 @@ impl Control {
         let mut st = self.state.lock();
         let mut v = visible_vault(&st, caller, id)?.clone();
         let new = check_resources(&st, &v.project_id, resources, v.resources.len())?;
+        self.check_resource_count("resources", v.resources.len().saturating_add(new.len()))?;
         for r in new {
             if v.resources.iter().any(|o| o.id == r.id) {
                 return Err(Status::already_exists(format!(

@@ -31,9 +31,22 @@ impl Drop for Daemon {
     }
 }
 
+/// A daemon on port 0 with data in `data`; volumes may live in the directory that holds it.
 fn spawn(data: &Path) -> Daemon {
+    let parent = data.parent().unwrap();
+    let config = parent.join("blockvaultd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[volumes]\nallowed_paths = [{:?}]\n",
+            parent.display().to_string()
+        ),
+    )
+    .unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockvaultd"));
-    cmd.arg("--data-dir")
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
         .arg(data)
         .args(["--listen", "127.0.0.1:0"]);
     launch(cmd, data)
@@ -224,22 +237,36 @@ async fn kill_9_during_backups_loses_no_committed_backup() {
     }
 }
 
+/// `blockvaultd` with no arguments in `cwd`, except that the port comes from the environment
+/// (`BLOCKVAULTD_LISTEN`), so the test never takes the default port from a daemon the user runs.
 fn spawn_default(cwd: &Path) -> Daemon {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockvaultd"));
-    cmd.current_dir(cwd);
+    cmd.current_dir(cwd)
+        .env("BLOCKVAULTD_LISTEN", "127.0.0.1:0");
     launch(cmd, &cwd.join("blockvault-data"))
 }
 
 /// `blockvaultd` with no arguments: data under the working directory, 127.0.0.1 only, a private
-/// admin token. SIGTERM stops it cleanly (exit 0) in the middle of a backup, which then resumes
-/// after the restart and completes.
+/// admin token, a private data directory. SIGTERM stops it cleanly (exit 0) in the middle of a
+/// backup, which then resumes after the restart and completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_start_and_sigterm_suspends_the_running_job() {
     use std::os::unix::fs::PermissionsExt;
+    // The default listens on 127.0.0.1:8750; checked without binding it.
+    assert_eq!(
+        blockvault_daemon::Config::default().listen,
+        "127.0.0.1:8750".parse().unwrap()
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut d = spawn_default(dir.path());
     let data = dir.path().join("blockvault-data");
-    assert_eq!(d.endpoint, "http://127.0.0.1:8750");
+    assert!(
+        d.endpoint.starts_with("http://127.0.0.1:"),
+        "{}",
+        d.endpoint
+    );
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "data directory mode");
     let mode = std::fs::metadata(data.join("admin.token"))
         .unwrap()
         .permissions()
@@ -248,7 +275,8 @@ async fn default_start_and_sigterm_suspends_the_running_job() {
     assert!(data.join("store").is_dir() && data.join("control").is_dir());
 
     let mut c = connect(&d.endpoint, Some(&d.token)).await;
-    let img = dir.path().join("vol.img");
+    // The default config allows volumes only in the daemon's own volumes directory.
+    let img = data.join("volumes/vol.img");
     make_image(&img, 384 * MIB, 31);
     let vol = register(&mut c, &img, "vol").await;
     let r = c

@@ -27,8 +27,9 @@ fn admin() -> Caller {
 fn settle(c: &Control) {
     for _ in 0..6000 {
         let busy = c
-            .list_jobs(&admin(), false, "")
+            .list_jobs(&admin(), false, "", &Default::default())
             .unwrap()
+            .0
             .iter()
             .any(|j| !j.state.is_final());
         if !busy {
@@ -146,7 +147,10 @@ async fn schedule_pattern_retention_and_catch_up() {
     assert_eq!(pattern, vec![false, true, true, false], "{left:?}");
     assert!(left.iter().all(|b| b.0.starts_with("auto_db_")), "{left:?}");
     assert!(left.iter().all(|b| b.2 == BackupStatus::Available));
-    let jobs = c.list_jobs(&admin(), false, "").unwrap();
+    let jobs = c
+        .list_jobs(&admin(), false, "", &Default::default())
+        .unwrap()
+        .0;
     assert_eq!(jobs.len(), 7);
     assert!(jobs.iter().all(|j| j.state == JobState::Succeeded));
 
@@ -158,11 +162,19 @@ async fn schedule_pattern_retention_and_catch_up() {
 
     // Finished jobs can be forgotten; their backups stay.
     let before = backups(&c, vault.id).len();
-    let jobs = c.list_jobs(&admin(), false, "").unwrap().len();
+    let jobs = c
+        .list_jobs(&admin(), false, "", &Default::default())
+        .unwrap()
+        .0
+        .len();
     assert_eq!(c.prune_jobs(30), 0, "nothing is 30 days old");
     let cut = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
     assert_eq!(c.prune_jobs_before(cut), jobs);
-    assert!(c.list_jobs(&admin(), false, "").unwrap().is_empty());
+    assert!(c
+        .list_jobs(&admin(), false, "", &Default::default())
+        .unwrap()
+        .0
+        .is_empty());
     assert_eq!(backups(&c, vault.id).len(), before);
 
     // Locked: users cannot delete, retention still prunes.

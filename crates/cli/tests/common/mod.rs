@@ -34,7 +34,19 @@ impl Daemon {
             bin.display()
         );
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        // Volumes may be registered in the test's directory (not only in the daemon's own).
+        let config = dir.path().join("blockvaultd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[volumes]\nallowed_paths = [{:?}]\n",
+                dir.path().display().to_string()
+            ),
+        )
+        .unwrap();
         let child = Command::new(&bin)
+            .arg("--config")
+            .arg(&config)
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen", "127.0.0.1:0"])

@@ -55,7 +55,8 @@ pub async fn connect(endpoint: &str, token: Option<&str>) -> Client {
     }
 }
 
-/// A test config: port 0, data in `dir`, small in-flight budget.
+/// A test config: port 0, data in `dir`, small in-flight budget; volumes may be registered in
+/// the directory that holds `dir` (the test's temporary directory).
 pub fn config(dir: &Path, tokens: Vec<TokenConfig>) -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -64,6 +65,7 @@ pub fn config(dir: &Path, tokens: Vec<TokenConfig>) -> Config {
         ..Default::default()
     };
     c.engine.threads = 2;
+    c.volumes.allowed_paths = dir.parent().map(Path::to_path_buf).into_iter().collect();
     c
 }
 
