@@ -50,9 +50,12 @@ pub struct ManifestBlock {
 }
 
 impl ManifestBlock {
-    /// Bytes of the volume covered by the block.
+    /// Bytes of the volume covered by the block (saturating: decoded lengths are untrusted;
+    /// [`Coverage`] is the checked way to walk a manifest).
     pub fn len(&self) -> u64 {
-        self.entries.iter().map(ManifestEntry::len).sum()
+        self.entries
+            .iter()
+            .fold(0u64, |n, e| n.saturating_add(e.len()))
     }
     /// True when the block has no entries.
     pub fn is_empty(&self) -> bool {
@@ -126,6 +129,100 @@ impl ManifestBlock {
     }
 }
 
+/// Checks, entry by entry, that a backup's manifest covers exactly `[0, size)` of the volume:
+/// each block starts where the previous one ended (no gap, no overlap), no entry ends past
+/// `size`, and the entries end exactly at `size` ([`Coverage::finish`]). Holes are entries, so
+/// they count as covered. Lengths come from stored bytes and are untrusted: every sum is checked,
+/// so an offset near `u64::MAX` is reported instead of wrapping around.
+///
+/// Entries within a block are contiguous by construction (the block stores lengths, not
+/// offsets), so gaps and overlaps can only appear between blocks.
+#[derive(Clone, Debug)]
+pub struct Coverage {
+    size: u64,
+    offset: u64,
+    blocks: u32,
+}
+
+impl Coverage {
+    /// A walk over the manifest of a backup of `size` bytes.
+    pub fn new(size: u64) -> Self {
+        Coverage {
+            size,
+            offset: 0,
+            blocks: 0,
+        }
+    }
+
+    /// Checks where the next block starts; call it before the block's entries.
+    pub fn block(&mut self, block: &ManifestBlock) -> Result<()> {
+        let (n, at) = (self.blocks, self.offset);
+        if block.start > at {
+            return Err(Error::corrupt(
+                "manifest",
+                format!(
+                    "gap: block {n} starts at {}, the previous entries end at {at}",
+                    block.start
+                ),
+            ));
+        }
+        if block.start < at {
+            return Err(Error::corrupt(
+                "manifest",
+                format!(
+                    "overlap: block {n} starts at {}, before the previous entries end at {at}",
+                    block.start
+                ),
+            ));
+        }
+        self.blocks += 1;
+        Ok(())
+    }
+
+    /// Accounts for the next entry; returns the volume offset it starts at.
+    pub fn entry(&mut self, e: &ManifestEntry) -> Result<u64> {
+        let at = self.offset;
+        let end = at
+            .checked_add(e.len())
+            .filter(|end| *end <= self.size)
+            .ok_or_else(|| {
+                Error::corrupt(
+                    "manifest",
+                    format!(
+                        "an entry of {} bytes at offset {at} ends past the backup's size {}",
+                        e.len(),
+                        self.size
+                    ),
+                )
+            })?;
+        self.offset = end;
+        Ok(at)
+    }
+
+    /// Checks that the entries seen end exactly at the backup's size.
+    pub fn finish(&self) -> Result<()> {
+        if self.offset != self.size {
+            return Err(Error::corrupt(
+                "manifest",
+                format!(
+                    "covers {} bytes, the backup's size is {}",
+                    self.offset, self.size
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Bytes covered so far.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// Blocks seen so far.
+    pub fn blocks(&self) -> u32 {
+        self.blocks
+    }
+}
+
 /// Builds a manifest block by block: merges adjacent holes and hands out each full block.
 #[derive(Debug, Default)]
 pub struct ManifestBuilder {
@@ -191,6 +288,54 @@ mod tests {
             }),
             (1u64..u64::MAX / 2).prop_map(|len| ManifestEntry::Hole { len }),
         ]
+    }
+
+    fn walk(size: u64, blocks: &[ManifestBlock]) -> Result<()> {
+        let mut c = Coverage::new(size);
+        for b in blocks {
+            c.block(b)?;
+            for e in &b.entries {
+                c.entry(e)?;
+            }
+        }
+        c.finish()
+    }
+
+    #[test]
+    fn coverage_finds_gaps_overlaps_overruns_and_overflow() {
+        let chunk = |len| ManifestEntry::Chunk {
+            id: ChunkId([1; 32]),
+            len,
+        };
+        let block = |start, entries: Vec<ManifestEntry>| ManifestBlock { start, entries };
+        let good = [
+            block(0, vec![chunk(10), ManifestEntry::Hole { len: 20 }]),
+            block(30, vec![chunk(5)]),
+        ];
+        walk(35, &good).unwrap();
+        walk(0, &[]).unwrap();
+        let cases: [(&str, u64, Vec<ManifestBlock>); 5] = [
+            ("gap", 35, vec![good[0].clone(), block(31, vec![chunk(4)])]),
+            (
+                "overlap",
+                35,
+                vec![good[0].clone(), block(29, vec![chunk(6)])],
+            ),
+            ("ends past", 34, good.to_vec()),
+            ("covers 35 bytes", 36, good.to_vec()),
+            (
+                "ends past",
+                u64::MAX,
+                vec![block(
+                    0,
+                    vec![chunk(10), ManifestEntry::Hole { len: u64::MAX - 5 }],
+                )],
+            ),
+        ];
+        for (want, size, blocks) in cases {
+            let e = walk(size, &blocks).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
     }
 
     proptest! {

@@ -71,6 +71,25 @@ impl Error {
         }
     }
 
+    /// A backup's manifest failed a check ([`blockvault_core::manifest::Coverage`], or the
+    /// store's block sequence): a corruption naming the backup. Other errors pass through.
+    pub(crate) fn for_manifest(backup: BackupId, e: impl Into<Error>) -> Error {
+        let what = format!("manifest of backup {backup}");
+        match e.into() {
+            Error::Core(blockvault_core::Error::Corrupt { detail, .. }) => {
+                Error::Store(blockvault_store::Error::Corrupt { what, detail })
+            }
+            Error::Store(blockvault_store::Error::Core(blockvault_core::Error::Corrupt {
+                what: w,
+                detail,
+            })) => Error::Store(blockvault_store::Error::Corrupt {
+                what,
+                detail: format!("{w}: {detail}"),
+            }),
+            other => other,
+        }
+    }
+
     /// Maps store/core corruption of a chunk to [`Error::Corrupt`] naming the chunk.
     pub(crate) fn for_chunk(id: ChunkId, e: impl Into<Error>) -> Error {
         match e.into() {

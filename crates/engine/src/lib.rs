@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 pub use backup::BackupOptions;
 pub use error::{Error, Result};
 pub use restore::{RestoreOptions, RestoreReport};
-pub use verify::{ChunkProblem, VerifyReport};
+pub use verify::{ChunkProblem, ManifestProblem, VerifyReport};
 
 /// Receives progress of a long operation. Implementations must be cheap: called per chunk.
 pub trait Progress: Send + Sync {

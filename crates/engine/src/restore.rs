@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use blockvault_core::manifest::Coverage;
 use blockvault_core::{BackupId, BackupState, ChunkId, EnvelopeCodec, ManifestEntry};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -175,8 +176,10 @@ impl Engine {
                 });
             }
             drop(rx);
-            let mut offset = 0u64;
-            for block in self.store.manifest(&rec.id) {
+            // Every entry is checked before anything is written for it: no gap, no overlap,
+            // nothing past the record's size (so nothing past the target's end), no overflow.
+            let mut coverage = Coverage::new(rec.size);
+            'blocks: for block in self.store.manifest(&rec.id) {
                 if failed() {
                     break;
                 }
@@ -187,25 +190,22 @@ impl Engine {
                 let block = match block {
                     Ok(b) => b,
                     Err(e) => {
-                        fail(e.into());
+                        fail(Error::for_manifest(rec.id, e));
                         break;
                     }
                 };
-                if block.start != offset {
-                    fail(Error::Store(blockvault_store::Error::Corrupt {
-                        what: format!("manifest of backup {}", rec.id),
-                        detail: format!("block starts at {} but {offset} expected", block.start),
-                    }));
+                if let Err(e) = coverage.block(&block) {
+                    fail(Error::for_manifest(rec.id, e));
                     break;
                 }
                 for e in block.entries {
-                    if offset + e.len() > rec.size {
-                        fail(Error::Store(blockvault_store::Error::Corrupt {
-                            what: format!("manifest of backup {}", rec.id),
-                            detail: format!("covers more than the record's {} bytes", rec.size),
-                        }));
-                        break;
-                    }
+                    let offset = match coverage.entry(&e) {
+                        Ok(o) => o,
+                        Err(err) => {
+                            fail(Error::for_manifest(rec.id, err));
+                            break 'blocks;
+                        }
+                    };
                     match e {
                         ManifestEntry::Chunk { id, len } => {
                             report.chunks += 1;
@@ -222,22 +222,18 @@ impl Engine {
                             opts.progress.advance(len);
                         }
                     }
-                    offset += e.len();
                 }
             }
             drop(tx);
             drop(done_tx);
-            report.bytes = offset;
+            report.bytes = coverage.offset();
+            if let Err(e) = coverage.finish() {
+                fail(Error::for_manifest(rec.id, e));
+            }
         });
-        if let Some(e) = failure.into_inner() {
-            return Err(e);
+        match failure.into_inner() {
+            Some(e) => Err(e),
+            None => Ok(report),
         }
-        if report.bytes != rec.size {
-            return Err(Error::Store(blockvault_store::Error::Corrupt {
-                what: format!("manifest of backup {}", rec.id),
-                detail: format!("covers {} bytes, record says {}", report.bytes, rec.size),
-            }));
-        }
-        Ok(report)
     }
 }

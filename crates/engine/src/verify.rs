@@ -3,11 +3,16 @@
 //! For one backup: every chunk its manifest names. For the whole store: every manifest's chunks
 //! are looked up (missing ones reported with the backups naming them), then every stored chunk is
 //! read, decrypted with the key of a volume that references it, decompressed and hashed.
-//! Problems name the chunk and the available backups that reference it.
+//! Problems name the chunk and the available backups that reference it. Every manifest walked is
+//! also checked to cover exactly `[0, size)` of its record (contiguous blocks, no entry past the
+//! size, checked sums); a manifest that does not is a [`ManifestProblem`] naming the backup.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use blockvault_core::{BackupId, BackupState, ChunkId, DataKey, EnvelopeCodec, ManifestEntry};
+use blockvault_core::manifest::Coverage;
+use blockvault_core::{
+    BackupId, BackupRecord, BackupState, ChunkId, DataKey, EnvelopeCodec, ManifestEntry,
+};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -24,6 +29,13 @@ pub struct ChunkProblem {
     pub backups: Vec<BackupId>,
 }
 
+/// A backup whose manifest is damaged or does not cover exactly `[0, size)` of its volume.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ManifestProblem {
+    pub backup: BackupId,
+    pub problem: String,
+}
+
 /// Result of a verify run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct VerifyReport {
@@ -32,12 +44,14 @@ pub struct VerifyReport {
     pub bytes_checked: u64,
     pub corrupt: Vec<ChunkProblem>,
     pub missing: Vec<ChunkProblem>,
+    /// Backups whose manifest cannot be read or has a gap, an overlap or an entry past the size.
+    pub manifests: Vec<ManifestProblem>,
 }
 
 impl VerifyReport {
     /// True when nothing is damaged or missing.
     pub fn is_clean(&self) -> bool {
-        self.corrupt.is_empty() && self.missing.is_empty()
+        self.corrupt.is_empty() && self.missing.is_empty() && self.manifests.is_empty()
     }
     /// Every backup affected by a problem.
     pub fn affected_backups(&self) -> BTreeSet<BackupId> {
@@ -45,6 +59,7 @@ impl VerifyReport {
             .iter()
             .chain(&self.missing)
             .flat_map(|p| p.backups.iter().copied())
+            .chain(self.manifests.iter().map(|p| p.backup))
             .collect()
     }
 }
@@ -63,6 +78,41 @@ impl Engine {
         let plain = EnvelopeCodec::open_in_place(id, &mut env, key)
             .map_err(|e| Error::for_chunk(*id, e))?;
         Ok(plain.len() as u64)
+    }
+
+    /// Walks `rec`'s manifest, checking that it decodes and covers exactly `[0, size)`, and
+    /// hands every entry to `f`. A damaged manifest is returned as `Ok(Some(problem))` after
+    /// the entries before the damage were handed out; index failures are errors.
+    fn walk_manifest(
+        &self,
+        rec: &BackupRecord,
+        mut f: impl FnMut(&ManifestEntry) -> Result<()>,
+    ) -> Result<Option<ManifestProblem>> {
+        let problem = |e: Error| ManifestProblem {
+            backup: rec.id,
+            problem: Error::for_manifest(rec.id, e).to_string(),
+        };
+        let mut coverage = Coverage::new(rec.size);
+        for block in self.store.manifest(&rec.id) {
+            let block = match block {
+                Ok(b) => b,
+                Err(
+                    e
+                    @ (blockvault_store::Error::Corrupt { .. } | blockvault_store::Error::Core(_)),
+                ) => return Ok(Some(problem(e.into()))),
+                Err(e) => return Err(e.into()),
+            };
+            if let Err(e) = coverage.block(&block) {
+                return Ok(Some(problem(e.into())));
+            }
+            for e in &block.entries {
+                if let Err(err) = coverage.entry(e) {
+                    return Ok(Some(problem(err.into())));
+                }
+                f(e)?;
+            }
+        }
+        Ok(coverage.finish().err().map(|e| problem(e.into())))
     }
 
     fn available_referrers(&self, id: &ChunkId) -> Result<Vec<BackupId>> {
@@ -147,22 +197,23 @@ impl Engine {
         };
         let mut seen = HashSet::new();
         let mut batch = Vec::with_capacity(BATCH);
-        for block in self.store.manifest(&id) {
-            for e in block?.entries {
-                progress.advance(e.len());
-                if let ManifestEntry::Chunk { id: c, .. } = e {
-                    if seen.len() < MAX_SEEN && !seen.insert(c) {
-                        continue;
-                    }
-                    batch.push((c, key.clone()));
-                    if batch.len() >= BATCH {
-                        self.check_batch(&batch, &mut report)?;
-                        batch.clear();
-                    }
+        let problem = self.walk_manifest(&rec, |e| {
+            progress.advance(e.len());
+            if let ManifestEntry::Chunk { id: c, .. } = *e {
+                if seen.len() < MAX_SEEN && !seen.insert(c) {
+                    return Ok(());
+                }
+                batch.push((c, key.clone()));
+                if batch.len() >= BATCH {
+                    let checked = self.check_batch(&batch, &mut report);
+                    batch.clear();
+                    return checked;
                 }
             }
-        }
+            Ok(())
+        })?;
         self.check_batch(&batch, &mut report)?;
+        report.manifests.extend(problem);
         Ok(report)
     }
 
@@ -179,16 +230,17 @@ impl Engine {
         let mut missing: BTreeMap<ChunkId, BTreeSet<BackupId>> = BTreeMap::new();
         for rec in records.values() {
             report.backups_checked += 1;
-            for block in self.store.manifest(&rec.id) {
-                for e in block?.entries {
-                    if let ManifestEntry::Chunk { id, .. } = e {
-                        if !self.store.has_chunk(&id)? {
-                            missing.entry(id).or_default().insert(rec.id);
-                        }
+            let problem = self.walk_manifest(rec, |e| {
+                if let ManifestEntry::Chunk { id, .. } = *e {
+                    if !self.store.has_chunk(&id)? {
+                        missing.entry(id).or_default().insert(rec.id);
                     }
                 }
-            }
+                Ok(())
+            })?;
+            report.manifests.extend(problem);
         }
+        report.manifests.sort_by_key(|p| p.backup);
         report.missing = missing
             .into_iter()
             .map(|(id, b)| ChunkProblem {

@@ -618,10 +618,14 @@ impl Store {
             .take_while(move |kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
             .map(move |kv| {
                 let (k, v) = kv.map_err(Error::db("iterate manifest"))?;
-                let n = u32::from_be_bytes(k[16..20].try_into().map_err(|_| Error::Corrupt {
-                    what: "manifest key".into(),
-                    detail: "bad length".into(),
-                })?);
+                let n = k
+                    .get(16..)
+                    .and_then(|n| <[u8; 4]>::try_from(n).ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| Error::Corrupt {
+                        what: format!("manifest of backup {}", BackupId::from_bytes(prefix)),
+                        detail: format!("manifest key of {} bytes", k.len()),
+                    })?;
                 if n != expect {
                     return Err(Error::Corrupt {
                         what: format!("manifest of backup {}", BackupId::from_bytes(prefix)),
