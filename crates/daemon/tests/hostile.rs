@@ -608,3 +608,121 @@ async fn imports_keep_projects_apart() {
     assert!(s.message().starts_with("backup_url:"), "{s:?}");
     d.stop().await.unwrap();
 }
+
+/// A member's policy whose interval would overflow time is refused, and another project's
+/// schedule still fires (under paused time).
+#[tokio::test(start_paused = true)]
+async fn an_overflowing_policy_stops_no_other_schedule() {
+    use blockvault_daemon::auth::Caller;
+    use blockvault_daemon::policy::{PolicyRunner, PolicySpec};
+    use blockvault_daemon::vault::VaultSpec;
+    let member = |p: &str| Caller {
+        project: p.into(),
+        user: format!("{p}-user"),
+        role: Role::Member,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = blockvault_daemon::Daemon::open(config(&dir.path().join("data"), vec![])).unwrap();
+    let c = daemon.control().clone();
+    let e = c
+        .create_policy(
+            &member("a"),
+            "",
+            PolicySpec {
+                name: Some("overflow".into()),
+                enabled: Some(true),
+                schedule: Some((18_446_744_073_709_551, vec![], vec![])),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().starts_with("schedule.interval_seconds"),
+        "{e:?}"
+    );
+    let e = c
+        .create_policy(
+            &member("a"),
+            "",
+            PolicySpec {
+                name: Some("forever".into()),
+                enabled: Some(true),
+                schedule: Some((3600, vec![], vec![])),
+                retention: Some((None, Some(u32::MAX), u32::MAX, 0, 0)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(e.message().starts_with("retention.max_days"), "{e:?}");
+
+    let img = dir.path().join("b.img");
+    make_image(&img, 1 << 20, 5);
+    let vol = c
+        .register_volume(
+            &member("b"),
+            "",
+            "b",
+            img.as_os_str().as_bytes(),
+            false,
+            vec![],
+            "",
+        )
+        .unwrap();
+    let policy = c
+        .create_policy(
+            &member("b"),
+            "",
+            PolicySpec {
+                name: Some("hourly".into()),
+                enabled: Some(true),
+                schedule: Some((3600, vec![], vec![])),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    c.create_vault(
+        &member("b"),
+        VaultSpec {
+            name: "b".into(),
+            billing: Some(blockvault_daemon::model::BillingRow {
+                cloud_type: String::new(),
+                consistent_level: "crash_consistent".into(),
+                object_type: "disk".into(),
+                protect_type: "backup".into(),
+                size_gb: 10,
+                charging_mode: String::new(),
+                period_type: String::new(),
+                period_num: 0,
+                is_auto_renew: false,
+                is_auto_pay: false,
+                console_url: String::new(),
+                is_multi_az: false,
+            }),
+            resources: vec![blockvault_daemon::model::ResourceRow {
+                id: vol.id.to_string(),
+                kind: "OS::Cinder::Volume".into(),
+                name: "b".into(),
+                exclude_volumes: vec![],
+            }],
+            backup_policy_id: policy.id.to_string(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let runner = PolicyRunner::new(c.clone());
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let (queued, _) = runner.tick();
+    assert_eq!(queued.len(), 1, "project b's hourly run did not fire");
+    // Let the scheduled backup finish before the directory goes away.
+    for _ in 0..6000 {
+        let (jobs, _) = c
+            .list_jobs(&member("b"), false, "", &Default::default())
+            .unwrap();
+        if jobs.iter().all(|j| j.state.is_final()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the scheduled backup did not finish");
+}
