@@ -1,6 +1,6 @@
 //! Volumes as byte sources and restore targets: block devices and raw image files.
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -143,7 +143,8 @@ static ZEROS: [u8; 1 << 20] = [0u8; 1 << 20];
 
 impl Target {
     /// Opens `path` for a restore of `need` bytes of `backup`. An existing target smaller than
-    /// `need` is refused; a missing path becomes a new sparse file of exactly `need` bytes.
+    /// `need` is refused; a missing path becomes a new sparse file of exactly `need` bytes,
+    /// mode 0600.
     pub fn open(path: &Path, need: u64, backup: blockvault_core::BackupId) -> Result<Target> {
         let p = path.display().to_string();
         let err = |source| Error::Target {
@@ -178,9 +179,12 @@ impl Target {
                 })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // 0600: a restored image is the volume's plaintext, also when the backup was
+                // encrypted, so only the restoring user may read it.
                 let file = OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(0o600)
                     .open(path)
                     .map_err(err)?;
                 file.set_len(need).map_err(err)?;

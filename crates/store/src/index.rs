@@ -307,18 +307,35 @@ fn open_error(index: &Path, e: rocksdb::Error) -> Error {
     }
 }
 
+/// Creates the directory of a new store (an existing empty one is fine) and makes it 0700: its
+/// packs and index hold the data of unencrypted volumes, so only the store's owner may enter.
+/// A directory that already holds a store is refused untouched.
+fn create_store_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(Error::io(dir, e)),
+    }
+    if dir.join(crate::config::CONFIG_FILE).exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a blockvault store",
+            dir.display()
+        )));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(dir, e))
+}
+
 impl Store {
     /// Creates a new store in `dir` (which must not hold one already) and opens it.
     pub fn init(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
         let dir = dir.as_ref();
         config.validate()?;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        if dir.join(crate::config::CONFIG_FILE).exists() {
-            return Err(Error::Config(format!(
-                "{} already holds a blockvault store",
-                dir.display()
-            )));
-        }
+        create_store_dir(dir)?;
         // The index is created before the config: a directory with a config is a complete store.
         let s = Self::open_parts(dir, config.clone(), Self::local_packs(dir)?)?;
         config.save(dir)?;
@@ -347,7 +364,7 @@ impl Store {
     ) -> Result<Store> {
         let dir = dir.as_ref();
         config.validate()?;
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        create_store_dir(dir)?;
         let s = Self::open_parts(dir, config.clone(), packs)?;
         config.save(dir)?;
         Ok(s)

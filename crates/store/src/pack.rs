@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -46,9 +46,15 @@ pub trait PackSink: Send {
     fn finish(self: Box<Self>) -> io::Result<()>;
 }
 
-/// Writes `body` to `path` and fsyncs it.
+/// Writes `body` to `path` (created 0600) and fsyncs it.
 pub(crate) fn write_durably(path: &Path, body: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
     f.write_all(body).map_err(|e| Error::io(path, e))?;
     f.sync_all().map_err(|e| Error::io(path, e))
 }
@@ -126,9 +132,11 @@ impl PackStorage for LocalPacks {
             std::fs::create_dir_all(&dir)?;
             File::open(&self.root)?.sync_all()?;
         }
+        // 0600: packs of unencrypted volumes hold their plaintext (compressed at most).
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)?;
         Ok(Box::new(LocalSink {
             file: BufWriter::with_capacity(1 << 20, file),
