@@ -21,7 +21,7 @@ use crate::format::{
     TAG_LEN,
 };
 use crate::id::ChunkId;
-use crate::keys::{chunk_id, DataKey};
+use crate::keys::{ChunkKeys, DataKey};
 
 /// Largest plaintext an envelope may carry (FastCDC's largest maximum chunk size).
 pub const MAX_RAW_LEN: usize = 16 << 20;
@@ -143,24 +143,40 @@ impl EnvelopeCodec {
 
     /// Opens an envelope and checks that its plaintext hashes to `id`.
     pub fn open(id: &ChunkId, env: &[u8], key: Option<&DataKey>) -> Result<Vec<u8>> {
+        Self::open_with(id, env, key.into())
+    }
+
+    /// [`EnvelopeCodec::open`] for any [`ChunkKeys`] (dedup domains included).
+    pub fn open_with(id: &ChunkId, env: &[u8], keys: ChunkKeys<'_>) -> Result<Vec<u8>> {
         if env.get(1).is_some_and(|f| f & ENVELOPE_FLAG_AES_GCM != 0) {
-            Self::open_in_place(id, &mut env.to_vec(), key)
+            Self::open_in_place_with(id, &mut env.to_vec(), keys)
         } else {
-            Self::open_plain(id, env, key)
+            Self::open_plain(id, env, keys)
         }
     }
 
     /// Like [`EnvelopeCodec::open`], but decrypts inside `env` (clobbering it) instead of
     /// copying the ciphertext first: the restore and verify hot path.
     pub fn open_in_place(id: &ChunkId, env: &mut [u8], key: Option<&DataKey>) -> Result<Vec<u8>> {
+        Self::open_in_place_with(id, env, key.into())
+    }
+
+    /// [`EnvelopeCodec::open_in_place`] for any [`ChunkKeys`] (dedup domains included).
+    pub fn open_in_place_with(
+        id: &ChunkId,
+        env: &mut [u8],
+        keys: ChunkKeys<'_>,
+    ) -> Result<Vec<u8>> {
         let bad = |detail: &str| Error::CorruptChunk {
             id: *id,
             detail: detail.to_string(),
         };
         if env.len() < ENVELOPE_HEADER_LEN || env[1] & ENVELOPE_FLAG_AES_GCM == 0 {
-            return Self::open_plain(id, env, key);
+            return Self::open_plain(id, env, keys);
         }
-        let k = key.ok_or_else(|| bad("chunk is encrypted but no data key was given"))?;
+        let k = keys
+            .data_key()
+            .ok_or_else(|| bad("chunk is encrypted but no data key was given"))?;
         let body = ENVELOPE_HEADER_LEN + NONCE_LEN;
         if env.len() < body + TAG_LEN {
             return Err(bad("encrypted envelope too short"));
@@ -178,11 +194,11 @@ impl EnvelopeCodec {
             )
             .map_err(|_| bad("AES-GCM authentication failed"))?;
         // Now a plaintext envelope: header, then payload (nonce and tag skipped).
-        Self::decode_payload(id, &head[..ENVELOPE_HEADER_LEN], ct, key)
+        Self::decode_payload(id, &head[..ENVELOPE_HEADER_LEN], ct, keys)
     }
 
     /// Opens an envelope without the AES-GCM flag.
-    fn open_plain(id: &ChunkId, env: &[u8], key: Option<&DataKey>) -> Result<Vec<u8>> {
+    fn open_plain(id: &ChunkId, env: &[u8], keys: ChunkKeys<'_>) -> Result<Vec<u8>> {
         let bad = |detail: &str| Error::CorruptChunk {
             id: *id,
             detail: detail.to_string(),
@@ -193,14 +209,14 @@ impl EnvelopeCodec {
         if env[1] & ENVELOPE_FLAG_AES_GCM != 0 {
             return Err(bad("encrypted envelope opened as plain"));
         }
-        if key.is_some() {
+        if keys.data_key().is_some() {
             return Err(bad("chunk of an encrypted volume is not encrypted"));
         }
         Self::decode_payload(
             id,
             &env[..ENVELOPE_HEADER_LEN],
             &env[ENVELOPE_HEADER_LEN..],
-            key,
+            keys,
         )
     }
 
@@ -209,7 +225,7 @@ impl EnvelopeCodec {
         id: &ChunkId,
         header: &[u8],
         payload: &[u8],
-        key: Option<&DataKey>,
+        keys: ChunkKeys<'_>,
     ) -> Result<Vec<u8>> {
         let bad = |detail: &str| Error::CorruptChunk {
             id: *id,
@@ -237,7 +253,7 @@ impl EnvelopeCodec {
                 plain.len()
             )));
         }
-        if chunk_id(&plain, key) != *id {
+        if keys.chunk_id(&plain) != *id {
             return Err(bad("content does not match its BLAKE3 id"));
         }
         Ok(plain)
@@ -247,6 +263,7 @@ impl EnvelopeCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::{chunk_id, MasterKey};
     use proptest::prelude::*;
 
     fn codecs() -> [EnvelopeCodec; 3] {
@@ -303,6 +320,24 @@ mod tests {
         let env = c.seal(&id, &text, None);
         assert_eq!(env[1] & ENVELOPE_FLAG_ZSTD, ENVELOPE_FLAG_ZSTD);
         assert!(env.len() < text.len() / 10);
+    }
+
+    #[test]
+    fn dedup_domain_chunks_open_only_in_their_domain() {
+        let m = MasterKey::generate();
+        let (p1, p2) = (m.dedup_domain_id_key("p1"), m.dedup_domain_id_key("p2"));
+        let data = b"tenant data".repeat(100);
+        let keys = ChunkKeys::Domain(&p1);
+        let id = keys.chunk_id(&data);
+        let env = EnvelopeCodec::default().seal(&id, &data, keys.data_key());
+        assert_eq!(EnvelopeCodec::open_with(&id, &env, keys).unwrap(), data);
+        let mut inplace = env.clone();
+        assert_eq!(
+            EnvelopeCodec::open_in_place_with(&id, &mut inplace, keys).unwrap(),
+            data
+        );
+        assert!(EnvelopeCodec::open_with(&id, &env, ChunkKeys::Domain(&p2)).is_err());
+        assert!(EnvelopeCodec::open(&id, &env, None).is_err());
     }
 
     #[test]

@@ -45,4 +45,7 @@ pub mod contexts {
     pub const MASTER_FINGERPRINT: &str = "blockvault 2026-11 master key fingerprint v1";
     pub const WRAP_KEY: &str = "blockvault 2026-11 data key wrapping key v1";
     pub const RECORD_MAC_KEY: &str = "blockvault 2026-12 exported record mac key v1";
+    /// Keyed with the master key followed by the domain's UTF-8 bytes: the chunk id key of an
+    /// unencrypted volume's backups in a dedup domain.
+    pub const DEDUP_DOMAIN_ID_KEY: &str = "blockvault 2026-12 dedup domain id key v1";
 }

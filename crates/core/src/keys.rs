@@ -8,6 +8,10 @@
 //!   (`encryption_key_id`) are bound in as associated data.
 //! - From a data key two independent subkeys are derived: one keys BLAKE3 for chunk ids (so
 //!   equal data in two encrypted volumes gets unrelated ids) and one is the AES-256-GCM chunk key.
+//! - Unencrypted volumes share plain BLAKE3 ids unless they are backed up in a **dedup domain**
+//!   (a project): then ids are keyed BLAKE3 under a [`DomainIdKey`] derived from the master key
+//!   and the domain's name, so the store cannot tell whether two domains hold equal data.
+//!   [`ChunkKeys`] says which of the three ways a backup's chunks are named and sealed.
 //!
 //! Key bytes are zeroized on drop and every `Debug` impl here is redacted.
 use std::fmt;
@@ -76,6 +80,17 @@ impl MasterKey {
             contexts::RECORD_MAC_KEY,
             &self.bytes[..],
         ))
+    }
+
+    /// The chunk id key of dedup domain `domain`: `BLAKE3.derive_key(DEDUP_DOMAIN_ID_KEY,
+    /// master key ‖ domain)`. The master key has a fixed length, so the input is unambiguous.
+    pub fn dedup_domain_id_key(&self, domain: &str) -> DomainIdKey {
+        let mut h = blake3::Hasher::new_derive_key(contexts::DEDUP_DOMAIN_ID_KEY);
+        h.update(&self.bytes[..]);
+        h.update(domain.as_bytes());
+        DomainIdKey {
+            key: Zeroizing::new(*h.finalize().as_bytes()),
+        }
     }
 
     fn wrapping_cipher(&self) -> Aes256Gcm {
@@ -220,12 +235,58 @@ impl DataKey {
     }
 }
 
-/// The chunk id of `data`: plain BLAKE3, or keyed BLAKE3 under the volume's id subkey.
-pub fn chunk_id(data: &[u8], key: Option<&DataKey>) -> ChunkId {
-    match key {
-        None => ChunkId(*blake3::hash(data).as_bytes()),
-        Some(k) => ChunkId(*blake3::keyed_hash(&k.id_key, data).as_bytes()),
+/// The chunk id key of one dedup domain of unencrypted volumes
+/// ([`MasterKey::dedup_domain_id_key`]).
+pub struct DomainIdKey {
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for DomainIdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DomainIdKey(..)")
     }
+}
+
+/// How one backup's chunks are named (and, for encrypted volumes, sealed).
+#[derive(Clone, Copy, Debug, Default)]
+pub enum ChunkKeys<'a> {
+    /// An unencrypted volume in the global dedup domain: plain BLAKE3 ids.
+    #[default]
+    Plain,
+    /// An unencrypted volume in a dedup domain: BLAKE3 keyed by the domain's id key.
+    Domain(&'a DomainIdKey),
+    /// An encrypted volume: BLAKE3 keyed by the data key's id subkey; AES-256-GCM envelopes.
+    Encrypted(&'a DataKey),
+}
+
+impl<'a> ChunkKeys<'a> {
+    /// The chunk id of `data` under these keys.
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        match self {
+            ChunkKeys::Plain => ChunkId(*blake3::hash(data).as_bytes()),
+            ChunkKeys::Domain(k) => ChunkId(*blake3::keyed_hash(&k.key, data).as_bytes()),
+            ChunkKeys::Encrypted(k) => ChunkId(*blake3::keyed_hash(&k.id_key, data).as_bytes()),
+        }
+    }
+    /// The data key envelopes are encrypted with, for encrypted volumes.
+    pub fn data_key(&self) -> Option<&'a DataKey> {
+        match self {
+            ChunkKeys::Encrypted(k) => Some(k),
+            ChunkKeys::Plain | ChunkKeys::Domain(_) => None,
+        }
+    }
+}
+
+impl<'a> From<Option<&'a DataKey>> for ChunkKeys<'a> {
+    fn from(key: Option<&'a DataKey>) -> Self {
+        key.map_or(ChunkKeys::Plain, ChunkKeys::Encrypted)
+    }
+}
+
+/// The chunk id of `data`: plain BLAKE3, or keyed BLAKE3 under the volume's id subkey
+/// (see [`ChunkKeys::chunk_id`] for dedup domains).
+pub fn chunk_id(data: &[u8], key: Option<&DataKey>) -> ChunkId {
+    ChunkKeys::from(key).chunk_id(data)
 }
 
 #[cfg(test)]
@@ -258,6 +319,27 @@ mod tests {
         assert!(!format!("{m:?}").contains(&hex_key));
         let err = MasterKey::parse("garbage\nzz").unwrap_err().to_string();
         assert!(!err.contains("zz"));
+    }
+
+    #[test]
+    fn dedup_domain_ids_depend_on_domain_and_master_key() {
+        let m = MasterKey::generate();
+        let (p1, p2) = (m.dedup_domain_id_key("p1"), m.dedup_domain_id_key("p2"));
+        let id = |k: &DomainIdKey| ChunkKeys::Domain(k).chunk_id(b"same");
+        assert_eq!(id(&p1), id(&m.dedup_domain_id_key("p1")));
+        assert_ne!(id(&p1), id(&p2));
+        assert_ne!(id(&p1), chunk_id(b"same", None));
+        assert_ne!(
+            id(&p1),
+            id(&MasterKey::generate().dedup_domain_id_key("p1"))
+        );
+        // Frozen derivation: derive_key over master key ‖ domain.
+        let mut material = m.bytes.to_vec();
+        material.extend_from_slice(b"p1");
+        let k = blake3::derive_key(contexts::DEDUP_DOMAIN_ID_KEY, &material);
+        assert_eq!(id(&p1).0, *blake3::keyed_hash(&k, b"same").as_bytes());
+        assert_eq!(format!("{p1:?}"), "DomainIdKey(..)");
+        assert!(ChunkKeys::Domain(&p1).data_key().is_none());
     }
 
     #[test]

@@ -8,9 +8,9 @@
 //! here so that the store, the engine and (later) the control plane agree on one definition.
 //!
 //! Invariants held by this crate:
-//! - A [`ChunkId`] is BLAKE3 of the plaintext, keyed for encrypted volumes; decoding an envelope
-//!   always re-derives and checks it, so corrupt bytes surface as [`Error::Corrupt`], never as
-//!   silently wrong data.
+//! - A [`ChunkId`] is BLAKE3 of the plaintext, keyed for encrypted volumes and for dedup
+//!   domains ([`ChunkKeys`]); decoding an envelope always re-derives and checks it, so corrupt
+//!   bytes surface as [`Error::Corrupt`], never as silently wrong data.
 //! - Bytes from disk are untrusted: every decoder bounds-checks and returns an error, never panics.
 //! - Key material is zeroized on drop and never printed (`Debug` is redacted).
 
@@ -28,6 +28,6 @@ pub use chunker::{Chunker, ChunkerParams};
 pub use envelope::{Compression, EnvelopeCodec};
 pub use error::{Error, Result};
 pub use id::{BackupId, ChunkId, PackId, VolumeId};
-pub use keys::{DataKey, MasterKey, WrappedKey};
+pub use keys::{ChunkKeys, DataKey, DomainIdKey, MasterKey, WrappedKey};
 pub use manifest::{ManifestBlock, ManifestEntry};
 pub use record::{BackupRecord, BackupState};

@@ -73,6 +73,12 @@ pub struct BackupRecord {
     pub manifest_blocks: u32,
     /// Why the backup failed, for `Error` records.
     pub fail_reason: Option<String>,
+    /// The dedup domain of an unencrypted backup whose chunk ids are keyed by the domain's id
+    /// key ([`crate::keys::MasterKey::dedup_domain_id_key`]); `None` for the global domain and
+    /// for encrypted backups (keyed by their data key). Absent in records written before the
+    /// field existed, and omitted when `None`, so such records are unchanged byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_domain: Option<String>,
 }
 
 impl BackupRecord {
@@ -98,6 +104,19 @@ impl BackupRecord {
 mod tests {
     use super::*;
 
+    /// A record as written before `dedup_domain` existed.
+    const OLD_RECORD: &str = r#"{"format":1,"id":"5f0c8a52-8a3e-4a4e-9d38-3c1b1c0c2f11","volume_id":"vol-1","state":"available","size":1048576,"stored_bytes":524288,"new_chunks":16,"object_count":32,"hole_bytes":0,"is_incremental":false,"parent_id":null,"created_at":"2026-11-20T10:00:00Z","data_timestamp":"2026-11-20T10:00:00Z","completed_at":"2026-11-20T10:00:05Z","encrypted":false,"encryption_key_id":null,"chunker":{"min_size":8192,"avg_size":32768,"max_size":131072},"manifest_blocks":1,"fail_reason":null}"#;
+
+    #[test]
+    fn record_without_dedup_domain_still_parses_and_reencodes_unchanged() {
+        let r = BackupRecord::decode(OLD_RECORD.as_bytes()).unwrap();
+        assert_eq!(r.dedup_domain, None);
+        assert_eq!(r.size, 1 << 20);
+        let old: serde_json::Value = serde_json::from_str(OLD_RECORD).unwrap();
+        let new: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
+        assert_eq!(old, new);
+    }
+
     #[test]
     fn record_roundtrip_and_version_check() {
         let now = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
@@ -121,8 +140,17 @@ mod tests {
             chunker: ChunkerParams::default(),
             manifest_blocks: 1,
             fail_reason: None,
+            dedup_domain: None,
         };
         assert_eq!(BackupRecord::decode(&r.encode()).unwrap(), r);
+        let with_domain = BackupRecord {
+            dedup_domain: Some("p1".into()),
+            ..r.clone()
+        };
+        assert_eq!(
+            BackupRecord::decode(&with_domain.encode()).unwrap(),
+            with_domain
+        );
         for st in [
             BackupState::InProgress,
             BackupState::Available,
@@ -131,6 +159,9 @@ mod tests {
         ] {
             assert_eq!(serde_json::to_value(st).unwrap(), st.as_str());
         }
+        // Without a domain the field is omitted: the record is what older versions wrote.
+        let v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
+        assert!(v.get("dedup_domain").is_none(), "{v}");
         let mut v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
         v["format"] = 99.into();
         assert!(BackupRecord::decode(&serde_json::to_vec(&v).unwrap()).is_err());

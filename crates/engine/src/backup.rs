@@ -21,10 +21,9 @@ use std::sync::Arc;
 
 use blockvault_core::chunker::{is_zero, Chunker, RawChunk};
 use blockvault_core::format::RECORD_VERSION;
-use blockvault_core::keys::chunk_id;
 use blockvault_core::manifest::ManifestBuilder;
 use blockvault_core::{
-    BackupId, BackupRecord, BackupState, ChunkId, DataKey, EnvelopeCodec, ManifestBlock,
+    BackupId, BackupRecord, BackupState, ChunkId, ChunkKeys, DataKey, EnvelopeCodec, ManifestBlock,
     ManifestEntry, PackId, VolumeId,
 };
 use blockvault_store::{PackWriter, RefBatch, Store};
@@ -32,7 +31,7 @@ use time::OffsetDateTime;
 
 use crate::device::Source;
 use crate::error::{Error, Result};
-use crate::{CancelToken, Engine, NoProgress, Progress};
+use crate::{CancelToken, Engine, NoProgress, Progress, VolumeKeys};
 
 /// What to back up and how.
 #[derive(Clone)]
@@ -44,6 +43,12 @@ pub struct BackupOptions {
     pub parent: Option<BackupId>,
     /// Encrypt the volume. A volume that already has a data key is always encrypted.
     pub encrypt: bool,
+    /// The dedup domain of an unencrypted volume (the daemon passes the project id): chunk ids
+    /// are keyed BLAKE3 under a key derived from the master key and the domain, so volumes
+    /// dedup only within their domain and the store cannot tell whether another domain holds
+    /// the same data. Needs the store's master key. `None`: the global domain (plain BLAKE3).
+    /// Ignored for encrypted volumes, whose ids are keyed by their own data key.
+    pub dedup_domain: Option<String>,
     /// Use this id for the new backup (the control plane assigns ids up front).
     pub id: Option<BackupId>,
     pub progress: Arc<dyn Progress>,
@@ -59,6 +64,7 @@ impl BackupOptions {
             incremental: false,
             parent: None,
             encrypt: false,
+            dedup_domain: None,
             id: None,
             progress: Arc::new(NoProgress),
             cancel: CancelToken::default(),
@@ -121,10 +127,10 @@ const GROUP: usize = 256;
 fn process(
     store: &Store,
     codec: EnvelopeCodec,
-    key: Option<&DataKey>,
+    keys: ChunkKeys<'_>,
     chunk: RawChunk,
 ) -> Result<Processed> {
-    let id = chunk_id(&chunk.data, key);
+    let id = keys.chunk_id(&chunk.data);
     if store.has_chunk(&id)? {
         return Ok(Processed::Chunk {
             id,
@@ -132,7 +138,7 @@ fn process(
             envelope: None,
         });
     }
-    let envelope = codec.seal(&id, &chunk.data, key);
+    let envelope = codec.seal(&id, &chunk.data, keys.data_key());
     Ok(Processed::Chunk {
         id,
         data: None,
@@ -150,6 +156,17 @@ impl Engine {
             self.volume_key(&opts.volume, true)?
         } else {
             None
+        };
+        let keys = match (&key, &opts.dedup_domain) {
+            (Some(k), _) => VolumeKeys::Encrypted(k.clone()),
+            (None, Some(d)) if d.is_empty() => {
+                return Err(Error::Core(blockvault_core::Error::Invalid {
+                    field: "dedup_domain",
+                    reason: "must not be empty".into(),
+                }))
+            }
+            (None, Some(d)) => VolumeKeys::Domain(self.domain_key(d)?),
+            (None, None) => VolumeKeys::Plain,
         };
         let parent = self.resolve_parent(&opts)?;
         let id = opts.id.unwrap_or_default();
@@ -173,10 +190,14 @@ impl Engine {
             chunker: self.store.config().chunker,
             manifest_blocks: 0,
             fail_reason: None,
+            dedup_domain: match keys {
+                VolumeKeys::Domain(_) => opts.dedup_domain.clone(),
+                VolumeKeys::Plain | VolumeKeys::Encrypted(_) => None,
+            },
         };
         let _active = self.store.begin_backup(&rec)?;
         opts.progress.set_total(source.size);
-        match self.run_backup(&rec, source, key, &opts) {
+        match self.run_backup(&rec, source, keys, &opts) {
             Ok(out) => {
                 rec.state = BackupState::Available;
                 rec.stored_bytes = out.totals.stored_bytes;
@@ -233,7 +254,7 @@ impl Engine {
         &self,
         rec: &BackupRecord,
         source: Source,
-        key: Option<Arc<DataKey>>,
+        keys: VolumeKeys,
         opts: &BackupOptions,
     ) -> Result<Outcome> {
         let abort = Arc::new(AtomicBool::new(false));
@@ -246,7 +267,7 @@ impl Engine {
             let reader = {
                 let abort = abort.clone();
                 let cancel = opts.cancel.clone();
-                let key = key.clone();
+                let keys = keys.clone();
                 let store = self.store.clone();
                 let codec = self.codec;
                 let budget = &self.budget;
@@ -311,10 +332,10 @@ impl Engine {
                                 return Ok(());
                             }
                             let tx = tx.clone();
-                            let key = key.clone();
+                            let keys = keys.clone();
                             let store = store.clone();
                             pool.spawn(move || {
-                                let result = process(&store, codec, key.as_deref(), chunk);
+                                let result = process(&store, codec, keys.chunk_keys(), chunk);
                                 let _ = tx.send(Item { seq, len, result });
                             });
                             seq += 1;
@@ -345,7 +366,7 @@ impl Engine {
             let written = self.write_stage(
                 rec,
                 &rx,
-                key.as_deref(),
+                keys.chunk_keys().data_key(),
                 &opts.progress,
                 Sealer {
                     tx: seal_tx,

@@ -29,7 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use blockvault_core::{
-    BackupId, BackupRecord, BackupState, DataKey, EnvelopeCodec, MasterKey, VolumeId,
+    BackupId, BackupRecord, BackupState, ChunkKeys, DataKey, DomainIdKey, EnvelopeCodec, MasterKey,
+    VolumeId,
 };
 use blockvault_store::{GcOptions, GcReport, Store, StoreConfig};
 use parking_lot::Mutex;
@@ -100,6 +101,26 @@ pub struct Engine {
     key_file: Option<PathBuf>,
     master: Mutex<Option<Arc<MasterKey>>>,
     volume_keys: Mutex<HashMap<VolumeId, Arc<DataKey>>>,
+    /// Chunk id keys of dedup domains, derived once per domain.
+    domain_keys: Mutex<HashMap<String, Arc<DomainIdKey>>>,
+}
+
+/// The keys one backup's chunks are named (and sealed) with, owned: see [`ChunkKeys`].
+#[derive(Clone)]
+pub(crate) enum VolumeKeys {
+    Plain,
+    Domain(Arc<DomainIdKey>),
+    Encrypted(Arc<DataKey>),
+}
+
+impl VolumeKeys {
+    pub(crate) fn chunk_keys(&self) -> ChunkKeys<'_> {
+        match self {
+            VolumeKeys::Plain => ChunkKeys::Plain,
+            VolumeKeys::Domain(k) => ChunkKeys::Domain(k),
+            VolumeKeys::Encrypted(k) => ChunkKeys::Encrypted(k),
+        }
+    }
 }
 
 impl Engine {
@@ -129,6 +150,7 @@ impl Engine {
             key_file,
             master: Mutex::new(None),
             volume_keys: Mutex::new(HashMap::new()),
+            domain_keys: Mutex::new(HashMap::new()),
         })
     }
 
@@ -210,6 +232,33 @@ impl Engine {
         let key = Arc::new(key);
         self.volume_keys.lock().insert(volume.clone(), key.clone());
         Ok(Some(key))
+    }
+
+    /// The chunk id key of dedup domain `domain`, derived from the master key once and cached.
+    fn domain_key(&self, domain: &str) -> Result<Arc<DomainIdKey>> {
+        if let Some(k) = self.domain_keys.lock().get(domain) {
+            return Ok(k.clone());
+        }
+        let key = Arc::new(self.master_key()?.dedup_domain_id_key(domain));
+        self.domain_keys
+            .lock()
+            .insert(domain.to_string(), key.clone());
+        Ok(key)
+    }
+
+    /// The keys `rec`'s chunks were named with: its volume's data key if it is encrypted, its
+    /// dedup domain's id key if it has one, else plain ids. `None` when an encrypted backup's
+    /// volume has no data key in the store.
+    pub(crate) fn record_keys(&self, rec: &BackupRecord) -> Result<Option<VolumeKeys>> {
+        if rec.encrypted {
+            return Ok(self
+                .volume_key(&rec.volume_id, false)?
+                .map(VolumeKeys::Encrypted));
+        }
+        Ok(Some(match &rec.dedup_domain {
+            Some(d) => VolumeKeys::Domain(self.domain_key(d)?),
+            None => VolumeKeys::Plain,
+        }))
     }
 
     /// Makes `volume` an encrypted volume: creates its data key unless it has one, and returns

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use blockvault_core::manifest::Coverage;
-use blockvault_core::{BackupId, BackupState, ChunkId, EnvelopeCodec, ManifestEntry};
+use blockvault_core::{BackupId, BackupState, ChunkId, ChunkKeys, EnvelopeCodec, ManifestEntry};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -69,17 +69,12 @@ impl Engine {
                 state: rec.state,
             });
         }
-        let key = if rec.encrypted {
-            Some(
-                self.volume_key(&rec.volume_id, false)?
-                    .ok_or_else(|| Error::WrongMasterKey("volume has no data key".into()))?,
-            )
-        } else {
-            None
-        };
+        let keys = self
+            .record_keys(&rec)?
+            .ok_or_else(|| Error::WrongMasterKey("volume has no data key".into()))?;
         let target = Target::open(&opts.target, rec.size, rec.id)?;
         opts.progress.set_total(rec.size);
-        let result = self.restore_into(&rec, &target, key.as_deref(), &opts);
+        let result = self.restore_into(&rec, &target, keys.chunk_keys(), &opts);
         match result {
             Ok(r) => {
                 target.sync()?;
@@ -98,7 +93,7 @@ impl Engine {
         &self,
         rec: &blockvault_core::BackupRecord,
         target: &Target,
-        key: Option<&blockvault_core::DataKey>,
+        keys: ChunkKeys<'_>,
         opts: &RestoreOptions,
     ) -> Result<RestoreReport> {
         let failure: Mutex<Option<Error>> = Mutex::new(None);
@@ -151,7 +146,7 @@ impl Engine {
                             .read_envelope(&w.id)
                             .map_err(|e| Error::for_chunk(w.id, e))
                             .and_then(|mut env| {
-                                EnvelopeCodec::open_in_place(&w.id, &mut env, key)
+                                EnvelopeCodec::open_in_place_with(&w.id, &mut env, keys)
                                     .map_err(|e| Error::for_chunk(w.id, e))
                             })
                             .and_then(|plain| {

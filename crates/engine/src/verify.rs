@@ -7,17 +7,16 @@
 //! also checked to cover exactly `[0, size)` of its record (contiguous blocks, no entry past the
 //! size, checked sums); a manifest that does not is a [`ManifestProblem`] naming the backup.
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 
 use blockvault_core::manifest::Coverage;
 use blockvault_core::{
-    BackupId, BackupRecord, BackupState, ChunkId, DataKey, EnvelopeCodec, ManifestEntry,
+    BackupId, BackupRecord, BackupState, ChunkId, ChunkKeys, EnvelopeCodec, ManifestEntry,
 };
 use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::{Engine, Progress};
+use crate::{Engine, Progress, VolumeKeys};
 
 /// One damaged or missing chunk.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -70,12 +69,12 @@ const BATCH: usize = 512;
 const MAX_SEEN: usize = 1 << 20;
 
 impl Engine {
-    fn check_chunk(&self, id: &ChunkId, key: Option<&DataKey>) -> std::result::Result<u64, Error> {
+    fn check_chunk(&self, id: &ChunkId, keys: ChunkKeys<'_>) -> std::result::Result<u64, Error> {
         let mut env = self
             .store
             .read_envelope(id)
             .map_err(|e| Error::for_chunk(*id, e))?;
-        let plain = EnvelopeCodec::open_in_place(id, &mut env, key)
+        let plain = EnvelopeCodec::open_in_place_with(id, &mut env, keys)
             .map_err(|e| Error::for_chunk(*id, e))?;
         Ok(plain.len() as u64)
     }
@@ -128,13 +127,13 @@ impl Engine {
     /// Checks a batch in parallel on the engine's pool and files each failure.
     fn check_batch(
         &self,
-        batch: &[(ChunkId, Option<Arc<DataKey>>)],
+        batch: &[(ChunkId, VolumeKeys)],
         report: &mut VerifyReport,
     ) -> Result<()> {
         let results: Vec<_> = self.pool.install(|| {
             batch
                 .par_iter()
-                .map(|(id, key)| (*id, self.check_chunk(id, key.as_deref())))
+                .map(|(id, keys)| (*id, self.check_chunk(id, keys.chunk_keys())))
                 .collect()
         });
         for (id, r) in results {
@@ -185,11 +184,9 @@ impl Engine {
                 state: rec.state,
             });
         }
-        let key = if rec.encrypted {
-            self.volume_key(&rec.volume_id, false)?
-        } else {
-            None
-        };
+        // An encrypted backup whose data key is gone still gets its chunks checked: each one is
+        // then reported ("encrypted but no data key was given").
+        let keys = self.record_keys(&rec)?.unwrap_or(VolumeKeys::Plain);
         progress.set_total(rec.size);
         let mut report = VerifyReport {
             backups_checked: 1,
@@ -203,7 +200,7 @@ impl Engine {
                 if seen.len() < MAX_SEEN && !seen.insert(c) {
                     return Ok(());
                 }
-                batch.push((c, key.clone()));
+                batch.push((c, keys.clone()));
                 if batch.len() >= BATCH {
                     let checked = self.check_batch(&batch, &mut report);
                     batch.clear();
@@ -264,12 +261,10 @@ impl Engine {
             else {
                 continue; // unreferenced: garbage for GC, nobody needs it
             };
-            let key = if owner.encrypted {
-                self.volume_key(&owner.volume_id, false)?
-            } else {
-                None
-            };
-            batch.push((id, key));
+            // Every backup naming a chunk named it under the same keys (ids of different
+            // volumes keys or domains differ), so any owner's keys check it.
+            let keys = self.record_keys(owner)?.unwrap_or(VolumeKeys::Plain);
+            batch.push((id, keys));
             if batch.len() >= BATCH {
                 self.check_batch(&batch, &mut report)?;
                 batch.clear();
