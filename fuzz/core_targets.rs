@@ -2,10 +2,11 @@
 //! (`crates/core/tests/fuzz.rs`) and the libFuzzer binaries (`fuzz/fuzz_targets/`).
 //!
 //! Every check panics on a violated property and returns an outcome signature otherwise:
-//! - `envelope` (input: chunk id (32) || envelope): `open` and `open_in_place`, with plain ids,
-//!   with the fixture data key and with a wrong key, agree with an independent reference decoder
-//!   written from FORMAT.md; what opens re-seals with every codec and re-opens equal, and does not
-//!   open under another id.
+//! - `envelope` (input: chunk id (32) || envelope): `open`/`open_with` and
+//!   `open_in_place`/`open_in_place_with`, with plain ids, with the fixture dedup domain, with the
+//!   fixture data key and with a wrong key, agree with an independent reference decoder written
+//!   from FORMAT.md; what opens re-seals with every codec and re-opens equal, and does not open
+//!   under another id or in another dedup domain.
 //! - `envelope_sealed` (input: header (6) || payload): the check sets the AES-GCM flag, encrypts
 //!   the payload under the fixture data key with the right associated data, and opens it, so
 //!   that mutations reach the decoding behind a valid tag. Same properties.
@@ -25,7 +26,7 @@ use blockvault_core::format::{
     contexts, ENVELOPE_FLAG_AES_GCM, ENVELOPE_FLAG_ZSTD, ENVELOPE_HEADER_LEN, ENVELOPE_VERSION,
     MANIFEST_BLOCK_ENTRIES, MASTER_KEY_HEADER, NONCE_LEN, TAG_LEN, WRAPPED_KEY_VERSION,
 };
-use blockvault_core::keys::chunk_id;
+use blockvault_core::keys::{ChunkKeys, DomainIdKey};
 use blockvault_core::manifest::Coverage;
 use blockvault_core::{
     BackupRecord, ChunkId, Compression, DataKey, EnvelopeCodec, ManifestBlock, ManifestEntry,
@@ -53,6 +54,7 @@ pub const DATA_RAW: [u8; 32] = *b"blockvault fuzz-only data key  !";
 pub const FIXTURE_VOLUME: &str = "fuzz-volume";
 pub const FIXTURE_KEY_ID: u128 = 0x6a1d_7c0e_3b5f_4e8a_9d21_0c4b_7f36_e215;
 pub const FIXTURE_NONCE: [u8; NONCE_LEN] = *b"fuzz nonce!!";
+pub const FIXTURE_DOMAIN: &str = "fuzz-project";
 
 /// The fixture master key file.
 pub fn master_key_text() -> String {
@@ -87,6 +89,9 @@ pub struct Fixture {
     pub dk: DataKey,
     /// Another data key.
     pub wrong: DataKey,
+    /// The id key of dedup domain `FIXTURE_DOMAIN`, and of another domain.
+    pub domain: DomainIdKey,
+    pub other_domain: DomainIdKey,
     /// The AES-256-GCM key of `dk`'s chunks (FORMAT.md, "Chunk id").
     pub cipher: Aes256Gcm,
     /// `fixture_wrapped().encode()`.
@@ -101,12 +106,16 @@ impl Fixture {
             .unwrap(&volume, &fixture_wrapped())
             .expect("the fixture wrapped key unwraps (FORMAT.md and keys.rs agree)");
         let k = blake3::derive_key(contexts::CHUNK_AEAD_KEY, &DATA_RAW);
+        let domain = master.dedup_domain_id_key(FIXTURE_DOMAIN);
+        let other_domain = master.dedup_domain_id_key("other-project");
         Fixture {
             master,
             volume,
             other_volume: VolumeId::new("other-volume").expect("valid volume id"),
             dk,
             wrong: DataKey::generate(),
+            domain,
+            other_domain,
             cipher: Aes256Gcm::new((&k).into()),
             genuine_wrapped: fixture_wrapped().encode(),
         }
@@ -154,12 +163,12 @@ pub fn ref_payload(header: &[u8], payload: &[u8]) -> Result<Vec<u8>, String> {
     Ok(plain)
 }
 
-/// Opens an envelope as FORMAT.md describes it. `cipher` is the chunk key of `key` (the
-/// reference does not derive it from a `DataKey`).
+/// Opens an envelope as FORMAT.md describes it. `cipher` is the chunk key of
+/// `keys.data_key()` (the reference does not derive it from a `DataKey`).
 pub fn ref_open(
     id: &ChunkId,
     env: &[u8],
-    key: Option<&DataKey>,
+    keys: ChunkKeys<'_>,
     cipher: &Aes256Gcm,
 ) -> Result<Vec<u8>, String> {
     if env.len() < ENVELOPE_HEADER_LEN {
@@ -167,12 +176,12 @@ pub fn ref_open(
     }
     let header = &env[..ENVELOPE_HEADER_LEN];
     let plain = if env[1] & ENVELOPE_FLAG_AES_GCM == 0 {
-        if key.is_some() {
+        if keys.data_key().is_some() {
             return Err("plain chunk with a key".into());
         }
         ref_payload(header, &env[ENVELOPE_HEADER_LEN..])?
     } else {
-        if key.is_none() {
+        if keys.data_key().is_none() {
             return Err("encrypted chunk without a key".into());
         }
         if env.len() < ENVELOPE_HEADER_LEN + NONCE_LEN + TAG_LEN {
@@ -193,7 +202,7 @@ pub fn ref_open(
             .map_err(|_| "auth".to_string())?;
         ref_payload(header, &ct)?
     };
-    if chunk_id(&plain, key) != *id {
+    if keys.chunk_id(&plain) != *id {
         return Err("id".into());
     }
     Ok(plain)
@@ -217,19 +226,19 @@ fn lens<E>(r: &Result<Vec<u8>, E>) -> Result<usize, ()> {
     r.as_ref().map(Vec::len).map_err(|_| ())
 }
 
-/// Opens `env` under `key` every way the public API allows and compares with the reference.
-/// `cipher` is the chunk key of `key`, if any.
+/// Opens `env` under `keys` every way the public API allows and compares with the reference.
+/// `cipher` is the chunk key of `keys.data_key()`, if any.
 fn open_all_ways(
     id: &ChunkId,
     env: &[u8],
-    key: Option<&DataKey>,
+    keys: ChunkKeys<'_>,
     cipher: &Aes256Gcm,
     what: &str,
 ) -> String {
-    let want = ref_open(id, env, key, cipher);
-    let got = EnvelopeCodec::open(id, env, key);
+    let want = ref_open(id, env, keys, cipher);
+    let got = EnvelopeCodec::open_with(id, env, keys);
     let mut copy = env.to_vec();
-    let got_in_place = EnvelopeCodec::open_in_place(id, &mut copy, key);
+    let got_in_place = EnvelopeCodec::open_in_place_with(id, &mut copy, keys);
     match (&want, &got) {
         (Ok(w), Ok(g)) => assert_eq!(w, g, "{what}: open and the reference disagree"),
         (Err(_), Err(_)) => {}
@@ -249,16 +258,33 @@ fn open_all_ways(
             lens(&got_in_place)
         ),
     }
+    if !matches!(keys, ChunkKeys::Domain(_)) {
+        // The Option<&DataKey> entry points are the same thing.
+        let old = EnvelopeCodec::open(id, env, keys.data_key());
+        let mut copy = env.to_vec();
+        let old_in_place = EnvelopeCodec::open_in_place(id, &mut copy, keys.data_key());
+        assert_eq!(
+            lens(&old),
+            lens(&got),
+            "{what}: open and open_with disagree"
+        );
+        assert_eq!(
+            lens(&old_in_place),
+            lens(&got),
+            "{what}: open_in_place and open_in_place_with disagree"
+        );
+    }
     if let Ok(plain) = &got {
         for c in codecs() {
-            let sealed = c.seal(id, plain, key);
-            let back = EnvelopeCodec::open(id, &sealed, key).expect("a re-sealed chunk opens");
+            let sealed = c.seal(id, plain, keys.data_key());
+            let back =
+                EnvelopeCodec::open_with(id, &sealed, keys).expect("a re-sealed chunk opens");
             assert_eq!(&back, plain, "{what}: re-sealed chunk differs");
         }
         let mut other = *id;
         other.0[0] ^= 1;
         assert!(
-            EnvelopeCodec::open(&other, env, key).is_err(),
+            EnvelopeCodec::open_with(&other, env, keys).is_err(),
             "{what}: an envelope opened under another id"
         );
     }
@@ -281,7 +307,7 @@ pub fn seal_input(fx: &Fixture, input: &[u8]) -> (ChunkId, Vec<u8>) {
     header[1] |= ENVELOPE_FLAG_AES_GCM;
     let payload = &input[n..];
     let id = match ref_payload(&header, payload) {
-        Ok(plain) => chunk_id(&plain, Some(&fx.dk)),
+        Ok(plain) => ChunkKeys::Encrypted(&fx.dk).chunk_id(&plain),
         Err(_) => ChunkId([0x42; 32]),
     };
     let mut nonce = [0u8; NONCE_LEN];
@@ -306,18 +332,34 @@ pub fn seal_input(fx: &Fixture, input: &[u8]) -> (ChunkId, Vec<u8>) {
 
 pub fn check_envelope(fx: &Fixture, input: &[u8], _notes: &mut Notes) -> String {
     let (id, env) = split_id(input);
-    let mut sig = open_all_ways(&id, env, None, &fx.cipher, "plain");
-    sig += &open_all_ways(&id, env, Some(&fx.dk), &fx.cipher, "|keyed");
+    let plain = ChunkKeys::Plain;
+    let domain = ChunkKeys::Domain(&fx.domain);
+    let mut sig = open_all_ways(&id, env, plain, &fx.cipher, "plain");
+    sig += &open_all_ways(&id, env, domain, &fx.cipher, "|domain");
+    sig += &open_all_ways(&id, env, ChunkKeys::Encrypted(&fx.dk), &fx.cipher, "|keyed");
     assert!(
-        EnvelopeCodec::open(&id, env, Some(&fx.wrong)).is_err(),
+        EnvelopeCodec::open_with(&id, env, ChunkKeys::Encrypted(&fx.wrong)).is_err(),
         "an envelope opened with a wrong data key"
     );
-    // A plain envelope whose payload decodes: also try the id of that payload, so that mutated
-    // envelopes can open (and go through the round trip).
+    // A plain envelope whose payload decodes: also try the ids of that payload, so that mutated
+    // envelopes can open (and go through the round trip), and check the domains stay apart.
     if env.len() >= ENVELOPE_HEADER_LEN && env[1] & ENVELOPE_FLAG_AES_GCM == 0 {
         if let Ok(p) = ref_payload(&env[..ENVELOPE_HEADER_LEN], &env[ENVELOPE_HEADER_LEN..]) {
-            let own = chunk_id(&p, None);
-            sig += &open_all_ways(&own, env, None, &fx.cipher, "|plain-own-id");
+            let plain_id = plain.chunk_id(&p);
+            let domain_id = domain.chunk_id(&p);
+            sig += &open_all_ways(&plain_id, env, plain, &fx.cipher, "|plain-own-id");
+            sig += &open_all_ways(&domain_id, env, domain, &fx.cipher, "|domain-own-id");
+            assert!(
+                EnvelopeCodec::open_with(&plain_id, env, domain).is_err()
+                    && EnvelopeCodec::open_with(&domain_id, env, plain).is_err()
+                    && EnvelopeCodec::open_with(
+                        &domain_id,
+                        env,
+                        ChunkKeys::Domain(&fx.other_domain)
+                    )
+                    .is_err(),
+                "a chunk opened outside its dedup domain"
+            );
         }
     }
     sig
@@ -325,7 +367,13 @@ pub fn check_envelope(fx: &Fixture, input: &[u8], _notes: &mut Notes) -> String 
 
 pub fn check_envelope_sealed(fx: &Fixture, input: &[u8], _notes: &mut Notes) -> String {
     let (id, env) = seal_input(fx, input);
-    let sig = open_all_ways(&id, &env, Some(&fx.dk), &fx.cipher, "sealed");
+    let sig = open_all_ways(
+        &id,
+        &env,
+        ChunkKeys::Encrypted(&fx.dk),
+        &fx.cipher,
+        "sealed",
+    );
     assert!(
         EnvelopeCodec::open(&id, &env, None).is_err(),
         "an encrypted envelope opened without a key"
@@ -434,7 +482,7 @@ pub fn check_wrapped_key(fx: &Fixture, input: &[u8], _notes: &mut Notes) -> Stri
         assert_eq!(w.encode(), input, "decode -> encode changed the bytes");
         if let Ok(k) = fx.master.unwrap(&fx.volume, w) {
             // Only genuine wraps of the fixture data key authenticate.
-            let probe = |k: &DataKey| chunk_id(b"probe", Some(k));
+            let probe = |k: &DataKey| ChunkKeys::Encrypted(k).chunk_id(b"probe");
             assert!(
                 k.key_id() == fx.dk.key_id() && probe(&k) == probe(&fx.dk),
                 "a forged wrapped key unwrapped"
@@ -501,9 +549,14 @@ pub fn accept(fx: &Fixture, target: &str, seed: &[u8]) -> Result<(), String> {
     match target {
         "envelope" => {
             let (id, env) = split_id(seed);
-            let opened = [None, Some(&fx.dk)]
+            let all = [
+                ChunkKeys::Plain,
+                ChunkKeys::Domain(&fx.domain),
+                ChunkKeys::Encrypted(&fx.dk),
+            ];
+            let opened = all
                 .into_iter()
-                .any(|k| EnvelopeCodec::open(&id, env, k).is_ok());
+                .any(|k| EnvelopeCodec::open_with(&id, env, k).is_ok());
             opened
                 .then_some(())
                 .ok_or_else(|| "opens with none of the fixture keys".to_string())

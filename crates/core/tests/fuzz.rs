@@ -24,7 +24,7 @@ use blockvault_core::format::{
     ENVELOPE_FLAG_AES_GCM, ENVELOPE_HEADER_LEN, MANIFEST_BLOCK_VERSION, MASTER_KEY_HEADER,
     RECORD_VERSION,
 };
-use blockvault_core::keys::chunk_id;
+use blockvault_core::keys::{chunk_id, ChunkKeys};
 use blockvault_core::{BackupId, BackupRecord, BackupState, ChunkId, ManifestBlock, ManifestEntry};
 use core_targets::{codecs, Fixture, FIXTURE_KEY_ID, MASTER_RAW};
 use harness::{check_ok_seeds, fuzz, signature};
@@ -279,6 +279,13 @@ fn write_corpus() {
                 &format!("ok-keyed-{cname}-{name}"),
                 &cat(&kid, &env),
             );
+            let did = ChunkKeys::Domain(&fx.domain).chunk_id(data);
+            let env = c.seal(&did, data, None);
+            w(
+                "envelope",
+                &format!("ok-domain-{cname}-{name}"),
+                &cat(&did, &env),
+            );
         }
     }
     let pid = chunk_id(&text, None);
@@ -347,6 +354,13 @@ fn write_corpus() {
     w("backup_record", "ok-in-progress", &r.encode());
     let pretty = serde_json::to_vec_pretty(&record(5)).unwrap();
     w("backup_record", "ok-pretty", &pretty);
+    let mut v: serde_json::Value = serde_json::from_slice(&record(10).encode()).unwrap();
+    v["dedup_domain"] = "project-a".into();
+    w(
+        "backup_record",
+        "ok-dedup-domain",
+        &serde_json::to_vec(&v).unwrap(),
+    );
     let mut v: serde_json::Value = serde_json::from_slice(&record(6).encode()).unwrap();
     v["format"] = 2.into();
     w(
