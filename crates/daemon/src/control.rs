@@ -1380,6 +1380,12 @@ impl Control {
                 opts.incremental = row.parent_id.is_some();
                 opts.parent = row.parent_id.map(BackupId);
                 opts.encrypt = row.encrypted;
+                // Unencrypted volumes dedup within their project unless the node is configured
+                // as one global domain (encrypted volumes are keyed by their own data key).
+                opts.dedup_domain = match self.dedup {
+                    DedupScope::Project => Some(job.project_id.clone()),
+                    DedupScope::Global => None,
+                };
                 opts.progress = run.progress.clone();
                 opts.cancel = run.cancel.clone();
                 self.engine.backup(opts).map(|_| ())

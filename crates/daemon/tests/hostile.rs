@@ -167,6 +167,23 @@ async fn hostile_tenants_are_refused() {
         );
     }
 
+    // 3b. Identical data in two projects shares nothing: B's copy of A's image stores its
+    // chunks again (a global dedup domain would store nothing and tell B that A holds it).
+    let copy = root.join("images/copy.img");
+    std::fs::copy(&img, &copy).unwrap();
+    let b_copy = register(&mut b, &copy, "copy").await;
+    let a_first = backup(&mut a, &vol.id, "a0", false).await;
+    let b_first = backup(&mut b, &b_copy.id, "b0", false).await;
+    assert!(a_first.stored_bytes > 0);
+    t.tried += 1;
+    assert_eq!(
+        b_first.stored_bytes, a_first.stored_bytes,
+        "project B's identical data was deduplicated against project A's"
+    );
+    t.refused += 1;
+    let again = backup(&mut b, &b_copy.id, "b1", false).await;
+    assert_eq!(again.stored_bytes, 0, "dedup within a project still works");
+
     // 4. Readers write nothing; other projects see nothing.
     t.refused(
         "a reader registers",
