@@ -358,13 +358,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         b.join(", ")
                     );
                 }
+                for m in &report.manifests {
+                    println!("DAMAGED manifest of backup {}: {}", m.backup, m.problem);
+                }
                 println!(
-                    "checked {} chunks ({}) of {} backup(s): {} corrupt, {} missing",
+                    "checked {} chunks ({}) of {} backup(s): {} corrupt, {} missing, {} bad \
+                     manifest(s)",
                     report.chunks_checked,
                     human(report.bytes_checked),
                     report.backups_checked,
                     report.corrupt.len(),
-                    report.missing.len()
+                    report.missing.len(),
+                    report.manifests.len()
                 );
             }
             if !report.is_clean() {
