@@ -458,6 +458,8 @@ mod tests {
         let engine = Engine::open(dir.join("store"), EngineOptions::default()).unwrap();
         let mut opts = crate::control::ControlOptions::new(dir.join("restore"));
         opts.concurrency = 1;
+        // This store has no master key, so no per-project dedup domain.
+        opts.dedup = crate::config::DedupScope::Global;
         opts.host =
             crate::hostpath::HostPaths::new(&[dir.to_path_buf()], &dir.join("restore"), &[]);
         Control::open(Arc::new(engine), &dir.join("control"), opts).unwrap()
