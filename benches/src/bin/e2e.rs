@@ -19,7 +19,10 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use blockvault_core::{BackupRecord, VolumeId};
 use blockvault_engine::{BackupOptions, Engine, EngineOptions, RestoreOptions};
-use blockvault_store::StoreConfig;
+use std::sync::Arc;
+
+use blockvault_s3_test_server::S3Server;
+use blockvault_store::{S3Packs, S3Settings, Store, StoreConfig};
 use clap::Parser;
 use rand::{RngCore, SeedableRng};
 
@@ -63,6 +66,42 @@ struct Args {
     /// Keep each run's store and restored image instead of removing them.
     #[arg(long)]
     keep: bool,
+    /// Pack backends to measure, each on its own fresh store in every run, one after the
+    /// other: `local` (the store directory) and `s3` (a bucket).
+    #[arg(long, value_delimiter = ',', default_value = "local")]
+    backends: Vec<BackendKind>,
+    /// S3 endpoint for the `s3` backend (e.g. a Ceph RGW at http://127.0.0.1:7480). Without
+    /// it, `bv-s3-server` (s3s-fs on 127.0.0.1) is started in the work directory.
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// Bucket for the `s3` backend with --s3-endpoint: s3://BUCKET[/PREFIX].
+    #[arg(long, value_name = "URL", default_value = "s3://bv-bench")]
+    s3_bucket: String,
+    /// Credentials file for --s3-endpoint (aws_access_key_id / aws_secret_access_key lines,
+    /// mode 0600); without it, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    #[arg(long, value_name = "FILE")]
+    s3_credentials_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BackendKind {
+    Local,
+    S3,
+}
+
+/// Where a run's packs go.
+enum Backend {
+    Local,
+    S3(S3Settings),
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::S3(_) => "s3",
+        }
+    }
 }
 
 impl Args {
@@ -118,6 +157,8 @@ struct Step {
     stored: Option<u64>,
     pack_bytes: Option<u64>,
     rss_kib: u64,
+    /// Object-store requests of the step (S3 only).
+    requests: Option<u64>,
 }
 
 const STEPS: [&str; 3] = ["full", "incremental", "restore"];
@@ -130,15 +171,16 @@ fn mib_kib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-fn print_step(run: usize, name: &str, size: u64, s: &Step) {
+fn print_step(run: usize, backend: &str, name: &str, size: u64, s: &Step) {
     println!(
-        "run {run}  {name:<12} {:>9}  {:>7.2} s  {:>8.1} MB/s  stored {:>10}  packs {:>10}  peak RSS {:>10}",
+        "run {run}  {backend:<5} {name:<12} {:>9}  {:>7.2} s  {:>8.1} MB/s  stored {:>10}  packs {:>10}  peak RSS {:>10}{}",
         mb(size),
         s.secs,
         s.mb_s,
         s.stored.map_or("-".into(), mb),
         s.pack_bytes.map_or("-".into(), mb),
         mib_kib(s.rss_kib),
+        s.requests.map_or(String::new(), |r| format!("  requests {r}")),
     );
 }
 
@@ -203,22 +245,45 @@ fn compare(a: &Path, b: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A fresh store with an engine over it.
-fn fresh_engine(dir: &Path, encrypt: bool, threads: usize) -> Result<Engine> {
+/// A fresh store with an engine over it, and the S3 backend's request counters.
+fn fresh_engine(
+    dir: &Path,
+    encrypt: bool,
+    threads: usize,
+    backend: &Backend,
+) -> Result<(Engine, Option<Arc<S3Packs>>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let store = dir.join("store");
     let key = dir.join("master.key");
-    Engine::init(
-        &store,
-        StoreConfig::default(),
-        encrypt.then_some(key.as_path()),
-    )
-    .with_context(|| format!("init store {}", store.display()))?;
+    let config = StoreConfig {
+        backend: match backend {
+            Backend::Local => blockvault_store::Backend::Local,
+            Backend::S3(s) => blockvault_store::Backend::S3(s.clone()),
+        },
+        ..StoreConfig::default()
+    };
+    Engine::init(&store, config, encrypt.then_some(key.as_path()))
+        .with_context(|| format!("init store {}", store.display()))?;
     let opts = EngineOptions {
         threads,
         ..EngineOptions::default()
     };
-    Engine::open(&store, opts).with_context(|| format!("open store {}", store.display()))
+    match backend {
+        Backend::Local => Ok((
+            Engine::open(&store, opts)
+                .with_context(|| format!("open store {}", store.display()))?,
+            None,
+        )),
+        Backend::S3(s) => {
+            let packs = Arc::new(S3Packs::new(s.clone())?);
+            let st = Store::open_with(&store, packs.clone())?;
+            Ok((Engine::new(st, opts)?, Some(packs)))
+        }
+    }
+}
+
+fn requests(p: &Option<Arc<S3Packs>>) -> Option<u64> {
+    p.as_ref().map(|p| p.requests().total())
 }
 
 fn pack_bytes(e: &Engine) -> Result<u64> {
@@ -227,11 +292,12 @@ fn pack_bytes(e: &Engine) -> Result<u64> {
 
 /// Times a backup and collects its step figures.
 fn timed_backup(
-    e: &Engine,
+    (e, packs): &(Engine, Option<Arc<S3Packs>>),
     opts: BackupOptions,
     rss: &mut PeakRss,
 ) -> Result<(BackupRecord, Step)> {
     let src = opts.source.display().to_string();
+    let req0 = requests(packs);
     rss.start_step();
     let t = Instant::now();
     let rec = e.backup(opts).with_context(|| format!("backup of {src}"))?;
@@ -243,6 +309,7 @@ fn timed_backup(
         stored: Some(rec.stored_bytes),
         pack_bytes: Some(pack_bytes(e)?),
         rss_kib,
+        requests: requests(packs).zip(req0).map(|(a, b)| a - b),
     };
     Ok((rec, step))
 }
@@ -253,30 +320,34 @@ fn run_once(
     work: &Path,
     image: &Path,
     rss: &mut PeakRss,
+    backend: &Backend,
 ) -> Result<[Step; 3]> {
     let encrypt = args.encrypt();
-    let dir = work.join(format!("run-{run}"));
+    let bname = backend.name();
+    let dir = work.join(format!("run-{run}-{bname}"));
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
-    let e = fresh_engine(&dir, encrypt, args.threads)?;
+    let ep = fresh_engine(&dir, encrypt, args.threads, backend)?;
+    let e = &ep.0;
     let volume = VolumeId::new("bench-vol")?;
     let image2 = args.image2.as_deref().unwrap_or(image);
 
     let mut full = BackupOptions::new(volume.clone(), image);
     full.encrypt = encrypt;
-    let (rec1, s_full) = timed_backup(&e, full, rss)?;
-    print_step(run, STEPS[0], rec1.size, &s_full);
+    let (rec1, s_full) = timed_backup(&ep, full, rss)?;
+    print_step(run, bname, STEPS[0], rec1.size, &s_full);
 
     let mut inc = BackupOptions::new(volume, image2);
     inc.encrypt = encrypt;
     inc.incremental = true;
     inc.parent = Some(rec1.id);
-    let (rec2, s_inc) = timed_backup(&e, inc, rss)?;
+    let (rec2, s_inc) = timed_backup(&ep, inc, rss)?;
     ensure!(rec2.is_incremental, "the second backup is not incremental");
-    print_step(run, STEPS[1], rec2.size, &s_inc);
+    print_step(run, bname, STEPS[1], rec2.size, &s_inc);
 
     let target = dir.join("restored.img");
+    let req0 = requests(&ep.1);
     rss.start_step();
     let t = Instant::now();
     let report = e
@@ -289,8 +360,9 @@ fn run_once(
         stored: None,
         pack_bytes: None,
         rss_kib: rss.step_peak_kib(),
+        requests: requests(&ep.1).zip(req0).map(|(a, b)| a - b),
     };
-    print_step(run, STEPS[2], report.bytes, &s_res);
+    print_step(run, bname, STEPS[2], report.bytes, &s_res);
     compare(image2, &target)?;
     println!(
         "run {run}  restore verified: {} equals {}",
@@ -298,17 +370,31 @@ fn run_once(
         image2.display()
     );
 
-    drop(e);
+    if let Some(p) = &ep.1 {
+        let r = p.requests();
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        let stored = rec1.stored_bytes + rec2.stored_bytes;
+        println!(
+            "run {run}  {bname:<5} requests: backups {} ({:.0} per GiB stored), restore {} ({:.0} per GiB restored); {} MB up, {} MB down",
+            s_full.requests.unwrap_or(0) + s_inc.requests.unwrap_or(0),
+            (s_full.requests.unwrap_or(0) + s_inc.requests.unwrap_or(0)) as f64 / gib(stored),
+            s_res.requests.unwrap_or(0),
+            s_res.requests.unwrap_or(0) as f64 / gib(report.bytes),
+            r.bytes_up.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000,
+            r.bytes_down.load(std::sync::atomic::Ordering::Relaxed) / 1_000_000,
+        );
+    }
+    drop(ep);
     if !args.keep {
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
     Ok([s_full, s_inc, s_res])
 }
 
-fn print_medians(runs: &[[Step; 3]], size: u64, encrypt: bool) {
+fn print_medians(backend: &str, runs: &[[Step; 3]], size: u64, encrypt: bool) {
     println!();
     println!(
-        "== medians over {} run(s): volume {}, {} ==",
+        "== {backend}: medians over {} run(s): volume {}, {} ==",
         runs.len(),
         mb(size),
         if encrypt {
@@ -369,7 +455,7 @@ fn sparse_run(args: &Args, gib: u64, work: &Path, rss: &mut PeakRss) -> Result<(
     std::fs::create_dir_all(&dir)?;
     let img = dir.join("sparse.img");
     let data = make_sparse(&img, gib)?;
-    let e = fresh_engine(&dir, encrypt, args.threads)?;
+    let e = fresh_engine(&dir, encrypt, args.threads, &Backend::Local)?;
     let mut o = BackupOptions::new(VolumeId::new("sparse-vol")?, &img);
     o.encrypt = encrypt;
     let (rec, s) = timed_backup(&e, o, rss)?;
@@ -457,12 +543,67 @@ fn main() -> Result<()> {
                 println!("note: --image2 is {s2} bytes, --image {size} bytes");
             }
         }
-        let mut results = Vec::new();
-        for run in 1..=args.runs {
-            results.push(run_once(&args, run, &work, image, &mut rss)?);
+        let mut server: Option<S3Server> = None;
+        let mut backends: Vec<Backend> = Vec::new();
+        for k in &args.backends {
+            backends.push(match k {
+                BackendKind::Local => Backend::Local,
+                BackendKind::S3 => {
+                    let mut s = S3Settings::from_url(&args.s3_bucket)?;
+                    match &args.s3_endpoint {
+                        Some(ep) => {
+                            s.endpoint = Some(ep.clone());
+                            s.credentials_file = args.s3_credentials_file.clone();
+                        }
+                        None => {
+                            let srv = server.get_or_insert_with(|| {
+                                S3Server::start_with(blockvault_s3_test_server::Options {
+                                    buckets: vec![s.bucket.clone()],
+                                    root: Some(work.join("s3-objects")),
+                                    ..Default::default()
+                                })
+                            });
+                            println!("bv-s3-server at {}", srv.endpoint());
+                            s.endpoint = Some(srv.endpoint().to_string());
+                            s.credentials_file = Some(srv.credentials_file().to_path_buf());
+                        }
+                    }
+                    Backend::S3(s)
+                }
+            });
         }
-        if !results.is_empty() {
-            print_medians(&results, size, encrypt);
+        let mut results: Vec<Vec<[Step; 3]>> = backends.iter().map(|_| Vec::new()).collect();
+        for run in 1..=args.runs {
+            for (b, r) in backends.iter().zip(&mut results) {
+                if let Backend::S3(s) = b {
+                    // A fresh prefix per run: a fresh store in the same bucket.
+                    let mut s = s.clone();
+                    s.prefix = [
+                        s.prefix.as_str(),
+                        &format!("run-{run}-{}", std::process::id()),
+                    ]
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("/");
+                    r.push(run_once(
+                        &args,
+                        run,
+                        &work,
+                        image,
+                        &mut rss,
+                        &Backend::S3(s),
+                    )?);
+                } else {
+                    r.push(run_once(&args, run, &work, image, &mut rss, b)?);
+                }
+            }
+        }
+        for (b, r) in backends.iter().zip(&results) {
+            if !r.is_empty() {
+                print_medians(b.name(), r, size, encrypt);
+            }
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use blockvault_core::{BackupId, BackupRecord, ChunkerParams, Compression, VolumeId};
 use blockvault_engine::{BackupOptions, Engine, EngineOptions, Progress, RestoreOptions};
-use blockvault_store::StoreConfig;
+use blockvault_store::{Backend, S3Settings, StoreConfig};
 use clap::{Args, Parser, Subcommand};
 
 mod remote;
@@ -64,6 +64,47 @@ struct StoreArg {
     threads: usize,
 }
 
+/// Where `local init` puts the packs: the store directory (the default) or an S3 bucket.
+/// The store directory keeps the index and `store.json`, which records the bucket (never the
+/// credentials); every other `local` command reads it from there.
+#[derive(Args)]
+struct BucketArgs {
+    /// Keep packs in an S3-compatible bucket: s3://BUCKET[/PREFIX].
+    #[arg(long, value_name = "URL")]
+    bucket: Option<String>,
+    /// S3 endpoint, e.g. http://127.0.0.1:7480 for a local Ceph RGW (default: AWS).
+    #[arg(long, value_name = "URL", requires = "bucket")]
+    endpoint: Option<String>,
+    /// S3 region used for signing.
+    #[arg(long, default_value = "us-east-1", requires = "bucket")]
+    region: String,
+    /// Virtual-hosted-style addressing (BUCKET.endpoint) instead of path style.
+    #[arg(long, requires = "bucket")]
+    virtual_hosted: bool,
+    /// File (mode 0600) with aws_access_key_id and aws_secret_access_key lines; without it
+    /// the AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY environment variables are used.
+    #[arg(long, value_name = "FILE", requires = "bucket")]
+    credentials_file: Option<PathBuf>,
+}
+
+impl BucketArgs {
+    fn backend(self) -> Result<Backend> {
+        let Some(url) = self.bucket else {
+            return Ok(Backend::Local);
+        };
+        let mut s = S3Settings::from_url(&url)?;
+        s.endpoint = self.endpoint;
+        s.region = self.region;
+        s.path_style = !self.virtual_hosted;
+        s.credentials_file = self
+            .credentials_file
+            .map(|p| std::path::absolute(&p).with_context(|| p.display().to_string()))
+            .transpose()?;
+        s.validate()?;
+        Ok(Backend::S3(s))
+    }
+}
+
 #[derive(Subcommand)]
 enum Local {
     /// Create a store. With --key-file, encrypted volumes are possible; a missing key file is
@@ -88,6 +129,8 @@ enum Local {
         /// Store chunks uncompressed.
         #[arg(long)]
         no_compression: bool,
+        #[command(flatten)]
+        bucket: BucketArgs,
     },
     /// Back up a block device or raw image; prints the new backup's id (or its record with --json).
     Backup {
@@ -263,6 +306,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             chunk_max,
             zstd_level,
             no_compression,
+            bucket,
         } => {
             let config = StoreConfig {
                 chunker: ChunkerParams {
@@ -275,11 +319,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 } else {
                     Compression::Zstd { level: zstd_level }
                 },
+                backend: bucket.backend()?,
                 ..StoreConfig::default()
             };
+            let config_backend = config.backend.describe();
             Engine::init(&store, config, key_file.as_deref())
                 .with_context(|| format!("initializing store {}", store.display()))?;
-            eprintln!("initialized store {}", store.display());
+            eprintln!(
+                "initialized store {} (packs: {})",
+                store.display(),
+                config_backend
+            );
         }
         Local::Backup {
             store,

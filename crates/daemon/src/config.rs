@@ -93,6 +93,17 @@ pub struct StoreSection {
     pub chunk_avg: u32,
     pub chunk_max: u32,
     pub zstd_level: i32,
+    /// Packs in an S3-compatible bucket, `s3://BUCKET[/PREFIX]`; none: under the data dir.
+    pub bucket: Option<String>,
+    /// S3 endpoint URL (none: AWS).
+    pub endpoint: Option<String>,
+    /// S3 signing region.
+    pub region: String,
+    /// Path-style addressing (RGW, MinIO); false: virtual-hosted style.
+    pub path_style: bool,
+    /// Credentials file (mode 0600, `aws_access_key_id` / `aws_secret_access_key`); none: the
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` environment variables.
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl Default for StoreSection {
@@ -102,7 +113,34 @@ impl Default for StoreSection {
             chunk_avg: 32768,
             chunk_max: 131072,
             zstd_level: 1,
+            bucket: None,
+            endpoint: None,
+            region: "us-east-1".into(),
+            path_style: true,
+            credentials_file: None,
         }
+    }
+}
+
+impl StoreSection {
+    /// The pack backend these settings name.
+    pub fn backend(&self) -> Result<blockvault_store::Backend, String> {
+        let Some(url) = &self.bucket else {
+            return Ok(blockvault_store::Backend::Local);
+        };
+        let mut s = blockvault_store::S3Settings::from_url(url)
+            .map_err(|e| format!("store.bucket: {e}"))?;
+        s.endpoint = self.endpoint.clone();
+        s.region = self.region.clone();
+        s.path_style = self.path_style;
+        s.credentials_file = self.credentials_file.clone();
+        if let Some(p) = &s.credentials_file {
+            if !p.is_absolute() {
+                return Err("store.credentials_file must be an absolute path".into());
+            }
+        }
+        s.validate().map_err(|e| format!("store: {e}"))?;
+        Ok(blockvault_store::Backend::S3(s))
     }
 }
 
@@ -305,6 +343,7 @@ impl Config {
         if !(1..=19).contains(&self.store.zstd_level) {
             return Err("store.zstd_level must be within 1..=19".into());
         }
+        self.store.backend()?;
         self.store_config()
             .chunker
             .validate()
@@ -349,6 +388,8 @@ impl Config {
             compression: Compression::Zstd {
                 level: self.store.zstd_level,
             },
+            // Checked by `validate`.
+            backend: self.store.backend().unwrap_or_default(),
             ..Default::default()
         }
     }

@@ -59,6 +59,14 @@ struct Work {
     len: u32,
 }
 
+/// Consecutive manifest entries read by one worker with one [`Store::read_envelopes`] call, so
+/// neighbouring entries of a pack become one ranged request on an object store.
+///
+/// [`Store::read_envelopes`]: blockvault_store::Store::read_envelopes
+const BATCH_CHUNKS: usize = 64;
+/// A batch is also closed at this many plaintext bytes.
+const BATCH_BYTES: u64 = 4 << 20;
+
 impl Engine {
     /// Restores a backup byte for byte.
     pub fn restore(&self, opts: RestoreOptions) -> Result<RestoreReport> {
@@ -104,7 +112,7 @@ impl Engine {
                 *f = Some(e);
             }
         };
-        let (tx, rx) = crossbeam_channel::bounded::<Work>(self.threads * 16);
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<Work>>(self.threads * 2);
         // Completed segments wait here for the writers; the bound keeps memory flat while
         // absorbing the disk's jitter.
         let (done_tx, done_rx) = crossbeam_channel::bounded::<Segment>(WRITE_QUEUE);
@@ -137,35 +145,40 @@ impl Engine {
                 let rx = rx.clone();
                 let done_tx = done_tx.clone();
                 s.spawn(move || {
-                    for w in rx.iter() {
+                    for batch in rx.iter() {
                         if failed() {
                             continue;
                         }
-                        let r = self
-                            .store
-                            .read_envelope(&w.id)
-                            .map_err(|e| Error::for_chunk(w.id, e))
-                            .and_then(|mut env| {
-                                EnvelopeCodec::open_in_place_with(&w.id, &mut env, keys)
-                                    .map_err(|e| Error::for_chunk(w.id, e))
-                            })
-                            .and_then(|plain| {
-                                if plain.len() != w.len as usize {
-                                    return Err(Error::Corrupt {
-                                        chunk: w.id,
-                                        detail: format!(
-                                            "{} bytes, manifest says {}",
-                                            plain.len(),
-                                            w.len
-                                        ),
-                                    });
+                        let ids: Vec<ChunkId> = batch.iter().map(|w| w.id).collect();
+                        let envs = self.store.read_envelopes(&ids);
+                        for (w, env) in batch.iter().zip(envs) {
+                            let r = env
+                                .map_err(|e| Error::for_chunk(w.id, e))
+                                .and_then(|mut env| {
+                                    EnvelopeCodec::open_in_place_with(&w.id, &mut env, keys)
+                                        .map_err(|e| Error::for_chunk(w.id, e))
+                                })
+                                .and_then(|plain| {
+                                    if plain.len() != w.len as usize {
+                                        return Err(Error::Corrupt {
+                                            chunk: w.id,
+                                            detail: format!(
+                                                "{} bytes, manifest says {}",
+                                                plain.len(),
+                                                w.len
+                                            ),
+                                        });
+                                    }
+                                    asm.data(w.offset, &plain, &done_tx);
+                                    Ok(())
+                                });
+                            match r {
+                                Ok(()) => opts.progress.advance(u64::from(w.len)),
+                                Err(e) => {
+                                    fail(e);
+                                    break;
                                 }
-                                asm.data(w.offset, &plain, &done_tx);
-                                Ok(())
-                            });
-                        match r {
-                            Ok(()) => opts.progress.advance(u64::from(w.len)),
-                            Err(e) => fail(e),
+                            }
                         }
                     }
                 });
@@ -174,6 +187,8 @@ impl Engine {
             // Every entry is checked before anything is written for it: no gap, no overlap,
             // nothing past the record's size (so nothing past the target's end), no overflow.
             let mut coverage = Coverage::new(rec.size);
+            let mut batch = Vec::with_capacity(BATCH_CHUNKS);
+            let mut batch_bytes = 0u64;
             'blocks: for block in self.store.manifest(&rec.id) {
                 if failed() {
                     break;
@@ -204,8 +219,15 @@ impl Engine {
                     match e {
                         ManifestEntry::Chunk { id, len } => {
                             report.chunks += 1;
-                            if tx.send(Work { id, offset, len }).is_err() {
-                                break;
+                            batch.push(Work { id, offset, len });
+                            batch_bytes += u64::from(len);
+                            if batch.len() >= BATCH_CHUNKS || batch_bytes >= BATCH_BYTES {
+                                batch_bytes = 0;
+                                let full =
+                                    std::mem::replace(&mut batch, Vec::with_capacity(BATCH_CHUNKS));
+                                if tx.send(full).is_err() {
+                                    break 'blocks;
+                                }
                             }
                         }
                         ManifestEntry::Hole { len } => {
@@ -218,6 +240,9 @@ impl Engine {
                         }
                     }
                 }
+            }
+            if !batch.is_empty() && !failed() {
+                let _ = tx.send(batch);
             }
             drop(tx);
             drop(done_tx);

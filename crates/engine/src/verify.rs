@@ -64,16 +64,19 @@ impl VerifyReport {
 }
 
 const BATCH: usize = 512;
+/// Entries of a batch read with one `read_envelopes` call.
+const READ_RUN: usize = 64;
 
 /// Largest set of chunk ids remembered to skip duplicates within one backup's verify.
 const MAX_SEEN: usize = 1 << 20;
 
 impl Engine {
-    fn check_chunk(&self, id: &ChunkId, keys: ChunkKeys<'_>) -> std::result::Result<u64, Error> {
-        let mut env = self
-            .store
-            .read_envelope(id)
-            .map_err(|e| Error::for_chunk(*id, e))?;
+    fn check_chunk(
+        id: &ChunkId,
+        env: blockvault_store::Result<blockvault_store::EntryBytes>,
+        keys: ChunkKeys<'_>,
+    ) -> std::result::Result<u64, Error> {
+        let mut env = env.map_err(|e| Error::for_chunk(*id, e))?;
         let plain = EnvelopeCodec::open_in_place_with(id, &mut env, keys)
             .map_err(|e| Error::for_chunk(*id, e))?;
         Ok(plain.len() as u64)
@@ -130,10 +133,21 @@ impl Engine {
         batch: &[(ChunkId, VolumeKeys)],
         report: &mut VerifyReport,
     ) -> Result<()> {
+        // Runs of neighbouring entries are read together (one request per pack on an object
+        // store), the runs in parallel.
         let results: Vec<_> = self.pool.install(|| {
             batch
-                .par_iter()
-                .map(|(id, keys)| (*id, self.check_chunk(id, keys.chunk_keys())))
+                .par_chunks(READ_RUN)
+                .flat_map_iter(|run| {
+                    let ids: Vec<ChunkId> = run.iter().map(|(id, _)| *id).collect();
+                    let envs = self.store.read_envelopes(&ids);
+                    run.iter()
+                        .zip(envs)
+                        .map(|((id, keys), env)| {
+                            (*id, Self::check_chunk(id, env, keys.chunk_keys()))
+                        })
+                        .collect::<Vec<_>>()
+                })
                 .collect()
         });
         for (id, r) in results {

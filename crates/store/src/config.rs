@@ -1,11 +1,14 @@
 //! `store.json`: a store's fixed settings.
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use blockvault_core::format::STORE_CONFIG_VERSION;
 use blockvault_core::{ChunkerParams, Compression};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::pack::{LocalPacks, PackStorage};
+use crate::s3::{S3Packs, S3Settings};
 
 /// File name of the config inside the store directory.
 pub const CONFIG_FILE: &str = "store.json";
@@ -26,6 +29,44 @@ pub struct StoreConfig {
     pub key_file: Option<PathBuf>,
     /// Fingerprint of the master key, checked before any encrypted operation.
     pub master_fingerprint: Option<String>,
+    /// Where the packs live. Absent in the file means local (every store written before the
+    /// field existed), so a local store's config is unchanged.
+    #[serde(default, skip_serializing_if = "Backend::is_local")]
+    pub backend: Backend,
+}
+
+/// A store's pack backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Backend {
+    /// Pack files under `STORE/packs/`.
+    #[default]
+    Local,
+    /// Objects in an S3-compatible bucket.
+    S3(S3Settings),
+}
+
+impl Backend {
+    /// True for the local backend.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Backend::Local)
+    }
+
+    /// Opens the pack storage of a store in `dir`.
+    pub(crate) fn open(&self, dir: &Path) -> Result<Arc<dyn PackStorage>> {
+        match self {
+            Backend::Local => Ok(Arc::new(LocalPacks::new(dir.join("packs"))?)),
+            Backend::S3(s) => Ok(Arc::new(S3Packs::new(s.clone())?)),
+        }
+    }
+
+    /// A description for messages: `local` or the bucket URL and endpoint.
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Local => "local".into(),
+            Backend::S3(s) => s.to_string(),
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -38,6 +79,7 @@ impl Default for StoreConfig {
             pack_target_size: 64 << 20,
             key_file: None,
             master_fingerprint: None,
+            backend: Backend::Local,
         }
     }
 }
@@ -58,6 +100,9 @@ impl StoreConfig {
                     "zstd level {level} is outside -7..=19"
                 )));
             }
+        }
+        if let Backend::S3(s3) = &self.backend {
+            s3.validate()?;
         }
         if !(1 << 20..=4 << 30).contains(&self.pack_target_size) {
             return Err(Error::Config(

@@ -25,9 +25,9 @@ use rocksdb::{
     WriteBatch, WriteOptions, DB,
 };
 
-use crate::config::StoreConfig;
+use crate::config::{Backend, StoreConfig};
 use crate::error::{Error, Result};
-use crate::pack::{check_entry, sync_dir, LocalPacks, PackStorage, PackWriter};
+use crate::pack::{check_entry, sync_dir, PackStorage, PackWriter};
 
 pub(crate) const CF_CHUNKS: &str = "chunks";
 pub(crate) const CF_REFS: &str = "refs";
@@ -330,6 +330,16 @@ fn create_store_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
+/// Lists the packs once, to check a remote backend answers and accepts the credentials.
+fn probe_packs(packs: &dyn PackStorage, backend: &Backend) -> Result<()> {
+    packs.list().map(drop).map_err(|e| {
+        Error::Config(format!(
+            "pack storage {} does not answer: {e}",
+            backend.describe()
+        ))
+    })
+}
+
 impl Store {
     /// Creates a new store in `dir` (which must not hold one already) and opens it.
     pub fn init(dir: impl AsRef<Path>, config: StoreConfig) -> Result<Store> {
@@ -337,16 +347,22 @@ impl Store {
         config.validate()?;
         create_store_dir(dir)?;
         // The index is created before the config: a directory with a config is a complete store.
-        let s = Self::open_parts(dir, config.clone(), Self::local_packs(dir)?)?;
+        let packs = config.backend.open(dir)?;
+        if let Backend::S3(_) = &config.backend {
+            // One request, so a wrong endpoint, bucket or key fails `init`, not the first backup.
+            probe_packs(&*packs, &config.backend)?;
+        }
+        let s = Self::open_parts(dir, config.clone(), packs)?;
         config.save(dir)?;
         Ok(s)
     }
 
-    /// Opens an existing store with local pack files.
+    /// Opens an existing store; its packs are where its config says.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
         let dir = dir.as_ref();
         let config = StoreConfig::load(dir)?;
-        Self::open_parts(dir, config, Self::local_packs(dir)?)
+        let packs = config.backend.open(dir)?;
+        Self::open_parts(dir, config, packs)
     }
 
     /// Opens an existing store whose packs live in `packs`.
@@ -368,10 +384,6 @@ impl Store {
         let s = Self::open_parts(dir, config.clone(), packs)?;
         config.save(dir)?;
         Ok(s)
-    }
-
-    fn local_packs(dir: &Path) -> Result<Arc<dyn PackStorage>> {
-        Ok(Arc::new(LocalPacks::new(dir.join("packs"))?))
     }
 
     fn open_parts(dir: &Path, config: StoreConfig, packs: Arc<dyn PackStorage>) -> Result<Store> {
@@ -500,6 +512,52 @@ impl Store {
             pack: last_pack.expect("set on the NotFound path"),
             chunk: *id,
         })
+    }
+
+    /// Reads the envelopes of several chunks, answering in the order asked: one
+    /// [`PackStorage::read_ranges`] call per pack, so neighbouring entries of one pack (a
+    /// manifest's chunks usually are) cost one request on an object store. A pack that fails as
+    /// a whole is retried chunk by chunk through [`Store::read_envelope`], which also follows a
+    /// chunk that GC moved meanwhile.
+    pub fn read_envelopes(&self, ids: &[ChunkId]) -> Vec<Result<crate::pack::EntryBytes>> {
+        let mut out: Vec<Option<Result<crate::pack::EntryBytes>>> =
+            ids.iter().map(|_| None).collect();
+        let mut by_pack: Vec<(PackId, Vec<(usize, ChunkLoc)>)> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            match self.chunk_location(id) {
+                Ok(Some(loc)) => match by_pack.iter_mut().find(|(p, _)| *p == loc.pack) {
+                    Some((_, v)) => v.push((i, loc)),
+                    None => by_pack.push((loc.pack, vec![(i, loc)])),
+                },
+                Ok(None) => out[i] = Some(Err(Error::MissingChunk(*id))),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        for (pack, entries) in by_pack {
+            let ranges: Vec<_> = entries
+                .iter()
+                .map(|(_, l)| l.offset..l.offset + l.entry_len())
+                .collect();
+            match self.packs.read_ranges(pack, &ranges) {
+                Ok(bufs) if bufs.len() == entries.len() => {
+                    for ((i, _), raw) in entries.iter().zip(bufs) {
+                        // A bad entry is read once more on its own before it is reported.
+                        out[*i] = Some(match check_entry(raw, &ids[*i]) {
+                            Ok(e) => Ok(e),
+                            Err(_) => self.read_envelope(&ids[*i]),
+                        });
+                    }
+                }
+                _ => {
+                    for (i, _) in entries {
+                        out[i] = Some(self.read_envelope(&ids[i]));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every chunk answered"))
+            .collect()
     }
 
     /// Every indexed chunk, in id order.

@@ -4,7 +4,8 @@
 //! - `store.json`: the store's config (chunker sizes, compression, key file, master key
 //!   fingerprint), written once at `init` ([`StoreConfig`]);
 //! - pack files, append-only, each holding many chunk envelopes, behind the narrow
-//!   [`PackStorage`] trait (local files today, an S3-compatible object store later);
+//!   [`PackStorage`] trait: local files, an S3-compatible bucket ([`S3Packs`]), memory, and a
+//!   fault-injecting wrapper for tests ([`FaultyPacks`]); `store.json` names the backend;
 //! - `index/`: a RocksDB database with one column family per kind of fact: chunk locations,
 //!   references, backup records, manifests, volume keys and sealed packs ([`Store`]).
 //!
@@ -18,12 +19,16 @@
 
 mod config;
 mod error;
+mod faulty;
 mod gc;
 mod index;
 mod pack;
+mod s3;
 
-pub use config::{StoreConfig, CONFIG_FILE};
+pub use config::{Backend, StoreConfig, CONFIG_FILE};
 pub use error::{Error, Result};
+pub use faulty::{FaultCounts, Faults, FaultyPacks};
 pub use gc::{GcOptions, GcReport};
 pub use index::{ActiveGuard, ChunkLoc, PackInfo, RefBatch, Store, StoreStats};
 pub use pack::{EntryBytes, LocalPacks, MemoryPacks, PackSink, PackStorage, PackWriter};
+pub use s3::{RequestCounts, S3Packs, S3Settings, PARTS_IN_FLIGHT, PART_SIZE};

@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +31,19 @@ pub trait PackStorage: Send + Sync + 'static {
     fn create(&self, id: PackId) -> io::Result<Box<dyn PackSink>>;
     /// Reads `len` bytes at `offset` of a finished pack. A missing pack is `NotFound`.
     fn read_at(&self, id: PackId, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// Reads several ranges of one finished pack, in order. A backend may merge neighbouring
+    /// ranges into one request and run requests in parallel (an object store does); the
+    /// default reads them one by one.
+    fn read_ranges(&self, id: PackId, ranges: &[Range<u64>]) -> io::Result<Vec<Vec<u8>>> {
+        ranges
+            .iter()
+            .map(|r| {
+                let len = usize::try_from(r.end.saturating_sub(r.start))
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range over usize"))?;
+                self.read_at(id, r.start, len)
+            })
+            .collect()
+    }
     /// Removes a pack (idempotent).
     fn delete(&self, id: PackId) -> io::Result<()>;
     /// Every pack present, finished or not.
