@@ -158,6 +158,10 @@ impl Daemon {
                 .with_context(|| format!("TLS certificate {}", tls.cert_file.display()))?;
             let key = std::fs::read(&tls.key_file)
                 .with_context(|| format!("TLS key {}", tls.key_file.display()))?;
+            // rustls has two crypto providers compiled in (ring for tonic, aws-lc-rs for the S3
+            // client), so it cannot pick one by itself: the gRPC server uses ring. An error only
+            // means another part of the process installed one first, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             builder = builder
                 .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
                 .context("TLS configuration")?;

@@ -229,3 +229,47 @@ fn a_flaky_server_loses_nothing_committed() {
     eprintln!("{faults} faults in all, restores and verify included");
     assert!(faults >= 10, "{faults}");
 }
+
+/// The server goes away in the middle of the volumes' backups: the backup that is running fails
+/// with a reason naming the bucket, and once the server is back (same port, same objects) every
+/// backup committed before still restores byte for byte.
+#[test]
+fn a_server_that_goes_away_fails_the_backup_and_keeps_what_was_committed() {
+    let objects = tempfile::tempdir().unwrap();
+    let opts = Options {
+        buckets: vec![BUCKET.into()],
+        root: Some(objects.path().to_path_buf()),
+        ..Options::default()
+    };
+    let mut s = S3Store::with_pack_size(S3Server::start_with(opts.clone()), "outage", 1 << 20);
+    let vs = versions();
+    let committed = s.backup("vol-o", &vs[0], false, false);
+    let port = s.server.port();
+    s.server.stop();
+    let src = s.path("outage.img");
+    write_file(&src, &vs[1]);
+    let mut o = BackupOptions::new(VolumeId::new("vol-o").unwrap(), &src);
+    o.incremental = true;
+    let t = std::time::Instant::now();
+    let err = s.engine.backup(o).expect_err("no server, no backup").to_string();
+    eprintln!("failed after {:.1} s: {err}", t.elapsed().as_secs_f64());
+    assert!(err.contains(BUCKET), "the reason names the bucket: {err}");
+    let failed = s
+        .engine
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id != committed)
+        .expect("the failed backup has a record");
+    assert_eq!(failed.state, BackupState::Error, "{failed:?}");
+    assert!(failed.fail_reason.is_some());
+
+    s.server = S3Server::start_with(Options {
+        port: Some(port),
+        ..opts
+    });
+    assert!(s.restore(committed) == vs[0], "the committed backup is intact");
+    s.engine.gc().unwrap();
+    assert!(s.restore(committed) == vs[0], "and survives GC of the failed one");
+    assert!(s.engine.verify(None, &NoProgress).unwrap().is_clean());
+}

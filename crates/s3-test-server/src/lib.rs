@@ -23,6 +23,8 @@ pub struct Options {
     pub delay_ms: u64,
     /// Where the objects live; a temp dir owned by the server when none.
     pub root: Option<PathBuf>,
+    /// Port to listen on (0 or none: any free port).
+    pub port: Option<u16>,
 }
 
 /// A running server.
@@ -74,7 +76,9 @@ impl S3Server {
             .arg("--fail-rate")
             .arg(o.fail_rate.to_string())
             .arg("--delay-ms")
-            .arg(o.delay_ms.to_string());
+            .arg(o.delay_ms.to_string())
+            .arg("--port")
+            .arg(o.port.unwrap_or(0).to_string());
         for b in &o.buckets {
             cmd.arg("--bucket").arg(b);
         }
@@ -107,6 +111,21 @@ impl S3Server {
             log,
             _tmp: tmp,
         }
+    }
+
+    /// Stops the server process (the objects stay in [`S3Server::root`]).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("endpoint has a port")
     }
 
     /// `http://127.0.0.1:PORT`.
