@@ -387,9 +387,11 @@ impl Engine {
             let read = reader
                 .join()
                 .map_err(|_| Error::Internal("reader thread panicked".into()))?;
+            // The sealer's own error first: a writer that found the sealer gone only knows
+            // that it stopped, the sealer knows why (a pack upload that kept failing, say).
+            sealed?;
             let out = written?;
             read?;
-            sealed?;
             if out.bytes != rec.size {
                 return Err(Error::Source {
                     path: opts.source.display().to_string(),

@@ -251,7 +251,11 @@ fn a_server_that_goes_away_fails_the_backup_and_keeps_what_was_committed() {
     let mut o = BackupOptions::new(VolumeId::new("vol-o").unwrap(), &src);
     o.incremental = true;
     let t = std::time::Instant::now();
-    let err = s.engine.backup(o).expect_err("no server, no backup").to_string();
+    let err = s
+        .engine
+        .backup(o)
+        .expect_err("no server, no backup")
+        .to_string();
     eprintln!("failed after {:.1} s: {err}", t.elapsed().as_secs_f64());
     assert!(err.contains(BUCKET), "the reason names the bucket: {err}");
     let failed = s
@@ -268,8 +272,14 @@ fn a_server_that_goes_away_fails_the_backup_and_keeps_what_was_committed() {
         port: Some(port),
         ..opts
     });
-    assert!(s.restore(committed) == vs[0], "the committed backup is intact");
+    assert!(
+        s.restore(committed) == vs[0],
+        "the committed backup is intact"
+    );
     s.engine.gc().unwrap();
-    assert!(s.restore(committed) == vs[0], "and survives GC of the failed one");
+    assert!(
+        s.restore(committed) == vs[0],
+        "and survives GC of the failed one"
+    );
     assert!(s.engine.verify(None, &NoProgress).unwrap().is_clean());
 }
