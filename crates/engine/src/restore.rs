@@ -112,7 +112,12 @@ impl Engine {
                 *f = Some(e);
             }
         };
-        let (tx, rx) = crossbeam_channel::bounded::<Vec<Work>>(self.threads * 2);
+        // Readers: one per core, or as many reads as the pack storage wants in flight (an
+        // object store), whichever is more.
+        let readers = self
+            .threads
+            .max(self.store.pack_storage().read_concurrency());
+        let (tx, rx) = crossbeam_channel::bounded::<Vec<Work>>(readers * 2);
         // Completed segments wait here for the writers; the bound keeps memory flat while
         // absorbing the disk's jitter.
         let (done_tx, done_rx) = crossbeam_channel::bounded::<Segment>(WRITE_QUEUE);
@@ -141,7 +146,7 @@ impl Engine {
                 });
             }
             drop(done_rx);
-            for _ in 0..self.threads {
+            for _ in 0..readers {
                 let rx = rx.clone();
                 let done_tx = done_tx.clone();
                 s.spawn(move || {

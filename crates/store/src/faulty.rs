@@ -128,6 +128,9 @@ impl PackStorage for FaultyPacks {
         let v = self.inner.read_ranges(id, ranges)?;
         Ok(v.into_iter().map(|b| self.shorten(b)).collect())
     }
+    fn read_concurrency(&self) -> usize {
+        self.inner.read_concurrency()
+    }
     fn delete(&self, id: PackId) -> io::Result<()> {
         self.enter("pack delete")?;
         self.inner.delete(id)

@@ -44,6 +44,11 @@ pub trait PackStorage: Send + Sync + 'static {
             })
             .collect()
     }
+    /// Reads worth running at once: an object store answers each request after a round trip,
+    /// so readers keep several in flight; a local disk needs no more than one per core.
+    fn read_concurrency(&self) -> usize {
+        1
+    }
     /// Removes a pack (idempotent).
     fn delete(&self, id: PackId) -> io::Result<()>;
     /// Every pack present, finished or not.

@@ -42,6 +42,8 @@ use crate::pack::{PackSink, PackStorage};
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts of one pack uploading at the same time.
 pub const PARTS_IN_FLIGHT: usize = 2;
+/// Reads a restore or verify keeps in flight against a bucket.
+pub const READ_CONCURRENCY: usize = 8;
 /// Attempts of one request by this backend (each attempt also has `object_store`'s own retries
 /// of throttling, 5xx answers and timeouts).
 const ATTEMPTS: u32 = 4;
@@ -530,6 +532,10 @@ impl PackStorage for S3Packs {
                 }
             })
             .collect()
+    }
+
+    fn read_concurrency(&self) -> usize {
+        READ_CONCURRENCY
     }
 
     fn delete(&self, id: PackId) -> io::Result<()> {
