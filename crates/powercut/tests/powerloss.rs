@@ -286,7 +286,8 @@ fn check_restore(
 }
 
 fn check_verify(ctx: &Ctx, bins: &Bins, store: &Path, report: &mut Report) {
-    let v = ctx.json(
+    // Exit status 3 (damage) or any other failure fails the check.
+    ctx.json(
         run(
             &bins.cli,
             &[&"local", &"verify", &"--store", &store, &"--json"],
@@ -294,7 +295,6 @@ fn check_verify(ctx: &Ctx, bins: &Bins, store: &Path, report: &mut Report) {
         "local verify",
     );
     report.verifies += 1;
-    let _ = v;
 }
 
 /// Local scenario: `blockvault local` commands on a store on the mount.
@@ -635,7 +635,10 @@ impl Drop for Daemon<'_> {
 
 /// The vault ledger as the control database holds it (FORMAT.md, "Vault usage ledger"): used
 /// bytes and chunk -> (count, size), per vault.
-type Ledger = HashMap<uuid::Uuid, (u64, HashMap<[u8; 32], (u64, u64)>)>;
+type Ledger = HashMap<uuid::Uuid, (u64, Chunks)>;
+
+/// Chunk id -> (manifest entries naming it, pack entry length).
+type Chunks = HashMap<[u8; 32], (u64, u64)>;
 
 fn read_ledger(control: &Path) -> Ledger {
     let opts = rocksdb::Options::default();
@@ -663,11 +666,8 @@ fn read_ledger(control: &Path) -> Ledger {
 
 /// The ledger a vault should have: over its available backups, each chunk's manifest entries
 /// and pack entry length.
-fn recount(
-    store: &blockvault_store::Store,
-    backups: &[&str],
-) -> (u64, HashMap<[u8; 32], (u64, u64)>) {
-    let mut chunks: HashMap<[u8; 32], (u64, u64)> = HashMap::new();
+fn recount(store: &blockvault_store::Store, backups: &[&str]) -> (u64, Chunks) {
+    let mut chunks: Chunks = HashMap::new();
     for b in backups {
         let id: BackupId = b.parse().unwrap();
         for block in store.manifest(&id) {
