@@ -315,6 +315,11 @@ impl Control {
         std::fs::create_dir_all(&restore_dir)
             .map_err(|e| format!("restore directory {}: {e}", restore_dir.display()))?;
         let db = ControlDb::open(dir).map_err(|e| e.to_string())?;
+        // RocksDB fsyncs inside its directory, not a new directory's entry in the parent.
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::File::open(parent.unwrap_or(Path::new(".")))
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("control database {}: {e}", dir.display()))?;
         let loaded = db.load().map_err(|e| e.to_string())?;
         let mut st = State {
             next_seq: loaded.jobs.iter().map(|j| j.seq + 1).max().unwrap_or(0),

@@ -281,7 +281,12 @@ async fn scheduled_gc(control: Arc<Control>, interval: u64) {
 /// Creates `dir` (and parents) and makes it 0700: it holds the store, keys and tokens.
 fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?;
+        // A new directory's entry is durable only once its parent is fsynced.
+        let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+        std::fs::File::open(parent.unwrap_or(Path::new(".")))?.sync_all()?;
+    }
     let mode = std::fs::metadata(dir)?.permissions().mode();
     if mode & 0o077 != 0 {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;

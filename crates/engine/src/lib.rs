@@ -336,5 +336,10 @@ pub fn load_or_create_key(path: &Path) -> Result<MasterKey> {
     f.write_all(key.to_file_contents().as_bytes())
         .map_err(err)?;
     f.sync_all().map_err(err)?;
+    // The new file's directory entry is durable only once the directory is fsynced.
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(Path::new(".")))
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
     Ok(key)
 }

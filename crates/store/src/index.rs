@@ -316,7 +316,12 @@ fn create_store_dir(dir: &Path) -> Result<()> {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
+        // A new directory's entry is durable only once its parent is fsynced.
+        Ok(()) => crate::pack::sync_dir(
+            dir.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new(".")),
+        )?,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => {}
         Err(e) => return Err(Error::io(dir, e)),
     }
