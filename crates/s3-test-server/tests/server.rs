@@ -9,7 +9,11 @@ use blockvault_s3_test_server::{Options, S3Server};
 fn get(endpoint: &str, path: &str) -> String {
     let addr = endpoint.strip_prefix("http://").unwrap();
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
@@ -20,7 +24,10 @@ fn starts_on_a_free_port_refuses_unsigned_requests_and_injects_faults() {
     let s = S3Server::start("bucket-a");
     assert!(s.root().join("bucket-a").is_dir());
     let answer = get(s.endpoint(), "/bucket-a");
-    assert!(answer.starts_with("HTTP/1.1 403"), "unsigned request: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 403"),
+        "unsigned request: {answer}"
+    );
 
     let f = S3Server::start_with(Options {
         buckets: vec!["bucket-b".into()],
