@@ -7,14 +7,16 @@
 //! `blockvault volume|backup|job ...` drive a running `blockvaultd` over gRPC (see `remote`);
 //! `blockvault vault|policy ...` manage its vaults and backup policies (see `vault`).
 //!
-//! Exit status: 0 success, 1 error, 3 `verify` found damage.
+//! Exit status: 0 success, 1 error, 3 `verify` or `recover` found damage.
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use blockvault_core::{BackupId, BackupRecord, ChunkerParams, Compression, VolumeId};
-use blockvault_engine::{BackupOptions, Engine, EngineOptions, Progress, RestoreOptions};
+use blockvault_engine::{
+    BackupOptions, Engine, EngineOptions, Progress, RecoverFrom, RestoreOptions,
+};
 use blockvault_store::{Backend, S3Settings, StoreConfig};
 use clap::{Args, Parser, Subcommand};
 
@@ -192,6 +194,20 @@ enum Local {
     Gc {
         #[command(flatten)]
         store: StoreArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a store's index from its packs and catalog. Without --bucket: repair the store
+    /// in --store (its damaged index is moved aside, never deleted). With --bucket: recover a
+    /// lost node's store from the bucket into the empty directory --store.
+    Recover {
+        #[arg(long, value_name = "DIR")]
+        store: PathBuf,
+        /// The store's master key file (required when the store has one).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        bucket: BucketArgs,
         #[arg(long)]
         json: bool,
     },
@@ -430,6 +446,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let id = parse_backup(&backup)?;
             engine(&store)?.delete(&id)?;
             eprintln!("deleted {id}; run `blockvault local gc` to reclaim its space");
+        }
+        Local::Recover {
+            store,
+            key_file,
+            bucket,
+            json,
+        } => {
+            let from = match bucket.backend()? {
+                Backend::Local => RecoverFrom::Dir,
+                b => RecoverFrom::Backend(b),
+            };
+            let (_, r) =
+                Engine::recover(&store, from, key_file.as_deref(), EngineOptions::default())
+                    .with_context(|| format!("recovering store {}", store.display()))?;
+            if json {
+                print_json(&r)?;
+            } else {
+                if let Some(p) = &r.index_moved_to {
+                    eprintln!("the old index was moved to {}", p.display());
+                }
+                for (p, why) in &r.packs_unreadable {
+                    println!("UNREADABLE pack {p}: {why}");
+                }
+                for (name, why) in r.backups_damaged.iter().chain(&r.keys_damaged) {
+                    println!("DAMAGED {name}: {why}");
+                }
+                for b in r.backups.iter().filter(|b| b.missing_chunks > 0) {
+                    println!(
+                        "INCOMPLETE backup {}: {} chunks are in no pack",
+                        b.record.id, b.missing_chunks
+                    );
+                }
+                println!(
+                    "recovered {} backup(s), {} volume key(s), {} chunk entries in {} packs \
+                     ({} from trailers, {} scanned) in {:.1} s",
+                    r.backups.len(),
+                    r.keys,
+                    r.chunk_entries,
+                    r.packs,
+                    r.packs_from_trailer,
+                    r.packs_scanned.len(),
+                    r.seconds
+                );
+            }
+            let damaged = !r.packs_unreadable.is_empty()
+                || !r.backups_damaged.is_empty()
+                || !r.keys_damaged.is_empty()
+                || r.backups.iter().any(|b| b.missing_chunks > 0);
+            if damaged {
+                return Ok(ExitCode::from(3));
+            }
         }
         Local::Gc { store, json } => {
             let r = engine(&store)?.gc()?;

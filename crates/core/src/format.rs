@@ -2,8 +2,23 @@
 //!
 //! Changing a value here is a format change: bump the version, keep the reader of the old one.
 
-/// First 8 bytes of every pack file.
-pub const PACK_MAGIC: [u8; 8] = *b"BVPACK\0\x01";
+/// First 8 bytes of a version 1 pack file (no trailer; still read).
+pub const PACK_MAGIC_V1: [u8; 8] = *b"BVPACK\0\x01";
+/// First 8 bytes of a version 2 pack file (entries, then an authenticated trailer).
+pub const PACK_MAGIC: [u8; 8] = *b"BVPACK\0\x02";
+/// Magic that opens a pack's trailer ("BVTR").
+pub const PACK_TRAILER_MAGIC: [u8; 4] = *b"BVTR";
+/// Last 8 bytes of a version 2 pack, after the trailer's offset (u64 LE).
+pub const PACK_FOOTER_MAGIC: [u8; 8] = *b"BVPKEND2";
+/// Length of a pack footer: trailer offset (8) + footer magic (8).
+pub const PACK_FOOTER_LEN: u64 = 16;
+/// Length of one trailer entry: chunk id (32) + entry offset u64 + envelope length u32 + raw
+/// length u32.
+pub const PACK_TRAILER_ENTRY_LEN: usize = 48;
+/// First 8 bytes of every catalog object (config, key, manifest part, record).
+pub const CATALOG_MAGIC: [u8; 8] = *b"BVCAT\0\0\x01";
+/// Manifest blocks per catalog manifest part.
+pub const CATALOG_MANIFEST_PART_BLOCKS: u32 = 64;
 /// Pack file header length: magic + 16-byte pack id.
 pub const PACK_HEADER_LEN: u64 = 24;
 /// Magic that opens every chunk entry inside a pack ("BVCE").
@@ -48,4 +63,7 @@ pub mod contexts {
     /// Keyed with the master key followed by the domain's UTF-8 bytes: the chunk id key of an
     /// unencrypted volume's backups in a dedup domain.
     pub const DEDUP_DOMAIN_ID_KEY: &str = "blockvault 2026-12 dedup domain id key v1";
+    /// Keyed with the master key (or, in a store without one, the store id): pack trailer and
+    /// catalog object MACs.
+    pub const CATALOG_MAC_KEY: &str = "blockvault 2026-12 catalog mac key v1";
 }

@@ -93,6 +93,18 @@ impl MasterKey {
         }
     }
 
+    /// The key of the store's catalog MACs (pack trailers, catalog objects in the bucket):
+    /// `BLAKE3.derive_key(CATALOG_MAC_KEY, master key)`.
+    pub fn catalog_key(&self) -> CatalogKey {
+        CatalogKey {
+            key: Zeroizing::new(blake3::derive_key(
+                contexts::CATALOG_MAC_KEY,
+                &self.bytes[..],
+            )),
+            authenticated: true,
+        }
+    }
+
     fn wrapping_cipher(&self) -> Aes256Gcm {
         let k = Zeroizing::new(blake3::derive_key(contexts::WRAP_KEY, &self.bytes[..]));
         Aes256Gcm::new((&*k).into())
@@ -232,6 +244,61 @@ impl DataKey {
 
     pub(crate) fn cipher(&self) -> &Aes256Gcm {
         &self.cipher
+    }
+}
+
+/// The key of a store's catalog MACs: pack trailers and the catalog objects (config, wrapped
+/// keys, manifests, records) that make a bucket self-describing.
+///
+/// A store with a master key uses [`MasterKey::catalog_key`]: only a holder of the master key
+/// can write a catalog object that checks. A store without one has no secret, so its catalog is
+/// checksummed under a key derived from the public store id ([`CatalogKey::unauthenticated`]):
+/// that finds damage, not forgery.
+#[derive(Clone)]
+pub struct CatalogKey {
+    key: Zeroizing<[u8; 32]>,
+    authenticated: bool,
+}
+
+impl fmt::Debug for CatalogKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CatalogKey(..)")
+    }
+}
+
+impl CatalogKey {
+    /// The checksum key of a store without a master key:
+    /// `BLAKE3.derive_key(CATALOG_MAC_KEY, store id bytes)`.
+    pub fn unauthenticated(store_id: &uuid::Uuid) -> Self {
+        CatalogKey {
+            key: Zeroizing::new(blake3::derive_key(
+                contexts::CATALOG_MAC_KEY,
+                store_id.as_bytes(),
+            )),
+            authenticated: false,
+        }
+    }
+
+    /// True when derived from a master key.
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Keyed BLAKE3 over `parts`, each prefixed by its length (u64 LE), so that no two lists of
+    /// parts give the same input.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        for p in parts {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// Checks a MAC made by [`CatalogKey::mac`] in constant time.
+    pub fn check(&self, parts: &[&[u8]], mac: &[u8]) -> bool {
+        let want = blake3::Hash::from(self.mac(parts));
+        <[u8; 32]>::try_from(mac).is_ok_and(|m| want == blake3::Hash::from(m))
     }
 }
 

@@ -28,6 +28,6 @@ pub use chunker::{Chunker, ChunkerParams};
 pub use envelope::{Compression, EnvelopeCodec};
 pub use error::{Error, Result};
 pub use id::{BackupId, ChunkId, PackId, VolumeId};
-pub use keys::{ChunkKeys, DataKey, DomainIdKey, MasterKey, WrappedKey};
+pub use keys::{CatalogKey, ChunkKeys, DataKey, DomainIdKey, MasterKey, WrappedKey};
 pub use manifest::{ManifestBlock, ManifestEntry};
 pub use record::{BackupRecord, BackupState};

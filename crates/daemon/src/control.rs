@@ -867,6 +867,15 @@ impl Control {
         b.updated_at = now();
         Changes::backup(b.clone()).commit(&self.db, &mut st)?;
         let dependent = st.backups.values().any(|o| o.parent_id == Some(id));
+        drop(st);
+        if b.status == BackupStatus::Available {
+            // The catalog's copy of the row follows; the control database stays the authority
+            // while the node lives, so a failure here is logged, not returned.
+            let text = serde_json::to_string(&b).expect("row serializes");
+            if let Err(e) = self.engine.annotate(&BackupId(id), &text) {
+                tracing::warn!(backup = %id, error = %e, "could not update the catalog's copy of the row");
+            }
+        }
         Ok((b, dependent))
     }
 
@@ -1391,6 +1400,9 @@ impl Control {
                     DedupScope::Project => Some(job.project_id.clone()),
                     DedupScope::Global => None,
                 };
+                // The row goes into the catalog with the record, so a node recovered from the
+                // bucket lists this backup again with its Cinder fields (`adopt.rs`).
+                opts.annotation = serde_json::to_string(&row).ok();
                 opts.progress = run.progress.clone();
                 opts.cancel = run.cancel.clone();
                 self.engine.backup(opts).map(|_| ())

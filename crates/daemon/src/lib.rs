@@ -8,6 +8,7 @@
 //! ```
 //! The data plane is the same library the `blockvault local` CLI uses; the daemon adds names,
 //! projects, statuses, queued jobs and the network API around it.
+pub mod adopt;
 pub mod api;
 pub mod auth;
 pub mod config;

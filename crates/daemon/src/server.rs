@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use blockvault_engine::{Engine, EngineOptions};
+use blockvault_engine::{Engine, EngineOptions, RecoverFrom};
 use blockvault_proto::v1::backups_server::BackupsServer;
 use blockvault_proto::v1::jobs_server::JobsServer;
 use blockvault_proto::v1::maintenance_server::MaintenanceServer;
@@ -61,20 +61,49 @@ impl Daemon {
         if let Some(tls) = &config.tls {
             check_private(&tls.key_file, "TLS key file").map_err(anyhow::Error::msg)?;
         }
-        if !store_dir.join(blockvault_store::CONFIG_FILE).exists() {
-            Engine::init(&store_dir, config.store_config(), Some(&key_file))
-                .with_context(|| format!("creating the store in {}", store_dir.display()))?;
-            tracing::info!(store = %store_dir.display(), "created the chunk store");
-        }
-        let engine = Engine::open(
-            &store_dir,
-            EngineOptions {
-                threads: config.engine.threads,
-                max_bytes_in_flight: config.engine.max_in_flight_mib << 20,
-                key_file: Some(key_file.clone()),
-            },
-        )
-        .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+        let engine_opts = EngineOptions {
+            threads: config.engine.threads,
+            max_bytes_in_flight: config.engine.max_in_flight_mib << 20,
+            key_file: Some(key_file.clone()),
+        };
+        let mut recovered = None;
+        let engine = if store_dir.join(blockvault_store::CONFIG_FILE).exists() {
+            Engine::open(&store_dir, engine_opts)
+                .with_context(|| format!("opening the store in {}", store_dir.display()))?
+        } else {
+            let backend = config.store_config().backend;
+            if backend
+                .holds_store(&store_dir)
+                .with_context(|| format!("looking for a store in {}", backend.describe()))?
+            {
+                // A lost node's replacement: its store comes back from the bucket.
+                anyhow::ensure!(
+                    key_file.exists(),
+                    "{} holds a blockvault store: put its master key at {} (mode 0600) to \
+                     recover it",
+                    backend.describe(),
+                    key_file.display()
+                );
+                let (engine, report) = Engine::recover(
+                    &store_dir,
+                    RecoverFrom::Backend(backend.clone()),
+                    Some(&key_file),
+                    engine_opts,
+                )
+                .with_context(|| format!("recovering the store from {}", backend.describe()))?;
+                tracing::warn!(from = %backend.describe(), backups = report.backups.len(),
+                               damaged = report.backups_damaged.len(), seconds = report.seconds,
+                               "recovered the chunk store from its bucket");
+                recovered = Some(report);
+                engine
+            } else {
+                Engine::init(&store_dir, config.store_config(), Some(&key_file))
+                    .with_context(|| format!("creating the store in {}", store_dir.display()))?;
+                tracing::info!(store = %store_dir.display(), "created the chunk store");
+                Engine::open(&store_dir, engine_opts)
+                    .with_context(|| format!("opening the store in {}", store_dir.display()))?
+            }
+        };
         let record_key = blockvault_engine::read_key_file(&key_file)
             .with_context(|| format!("master key {}", key_file.display()))?
             .record_mac_key();
@@ -97,6 +126,13 @@ impl Daemon {
         let control = Control::open(Arc::new(engine), &dir.join("control"), opts)
             .map_err(anyhow::Error::msg)
             .context("opening the control database")?;
+        if let Some(report) = recovered {
+            let n = control
+                .adopt_recovered(&report.backups)
+                .map_err(anyhow::Error::msg)
+                .context("writing the recovered backups' rows")?;
+            tracing::warn!(rows = n, "backup rows rebuilt from the catalog");
+        }
         let auth = Auth::new(&config.tokens, &admin_token);
         Ok(Daemon {
             control,

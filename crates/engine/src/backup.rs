@@ -51,6 +51,10 @@ pub struct BackupOptions {
     pub dedup_domain: Option<String>,
     /// Use this id for the new backup (the control plane assigns ids up front).
     pub id: Option<BackupId>,
+    /// Text kept with the backup's record in the catalog, at most
+    /// [`blockvault_store::MAX_ANNOTATION`] bytes, given back by `recover` (the daemon stores
+    /// its control row here, so a recovered node lists its backups with their Cinder fields).
+    pub annotation: Option<String>,
     pub progress: Arc<dyn Progress>,
     pub cancel: CancelToken,
 }
@@ -66,6 +70,7 @@ impl BackupOptions {
             encrypt: false,
             dedup_domain: None,
             id: None,
+            annotation: None,
             progress: Arc::new(NoProgress),
             cancel: CancelToken::default(),
         }
@@ -207,7 +212,8 @@ impl Engine {
                 rec.manifest_blocks = out.blocks_written + u32::from(out.last_block.is_some());
                 rec.completed_at = Some(OffsetDateTime::now_utc());
                 let last = out.last_block.as_ref().map(|b| (out.blocks_written, b));
-                self.store.commit_backup(&rec, last)?;
+                self.store
+                    .commit_backup(&rec, last, opts.annotation.as_deref())?;
                 tracing::info!(backup = %rec.id, volume = %rec.volume_id, size = rec.size,
                                stored = rec.stored_bytes, "backup committed");
                 Ok(rec)

@@ -36,6 +36,7 @@ use blockvault_store::{GcOptions, GcReport, Store, StoreConfig};
 use parking_lot::Mutex;
 
 pub use backup::BackupOptions;
+pub use blockvault_store::{RecoverFrom, RecoverReport, RecoveredBackup};
 pub use error::{Error, Result};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use verify::{ChunkProblem, ManifestProblem, VerifyReport};
@@ -141,7 +142,7 @@ impl Engine {
             compression: store.config().compression,
         };
         let key_file = opts.key_file.or_else(|| store.config().key_file.clone());
-        Ok(Engine {
+        let engine = Engine {
             store: Arc::new(store),
             pool,
             threads,
@@ -151,7 +152,47 @@ impl Engine {
             master: Mutex::new(None),
             volume_keys: Mutex::new(HashMap::new()),
             domain_keys: Mutex::new(HashMap::new()),
-        })
+        };
+        // A store with a master key MACs its catalog under it: load it now if it is there, so
+        // that writes work (and a store from before the catalog is migrated). Without the key
+        // file, reads still work and writes say what is missing.
+        if engine.store.config().master_fingerprint.is_some() {
+            match engine.master_key() {
+                Ok(k) => engine.store.set_catalog_key(k.catalog_key())?,
+                Err(e) => {
+                    tracing::warn!(error = %e, "master key not loaded: the store is read-only")
+                }
+            }
+        } else {
+            engine.store.migrate_catalog()?;
+        }
+        Ok(engine)
+    }
+
+    /// Rebuilds the index of a store from its packs and catalog (`blockvault local recover`):
+    /// repairs the store in `dir`, or recovers a bucket into the empty directory `dir`.
+    /// `key_file` is the store's master key file (required when the store has one).
+    pub fn recover(
+        dir: impl AsRef<Path>,
+        from: RecoverFrom,
+        key_file: Option<&Path>,
+        opts: EngineOptions,
+    ) -> Result<(Engine, RecoverReport)> {
+        let master = key_file.map(read_key_file).transpose()?;
+        let abs = key_file
+            .map(|p| {
+                std::path::absolute(p).map_err(|e| Error::KeyFile {
+                    path: p.display().to_string(),
+                    source: e,
+                })
+            })
+            .transpose()?;
+        let (store, report) = Store::recover(dir, from, master.as_ref(), abs.clone())?;
+        let opts = EngineOptions {
+            key_file: opts.key_file.or(abs),
+            ..opts
+        };
+        Ok((Self::new(store, opts)?, report))
     }
 
     /// Opens the store in `dir` and builds an engine over it.
@@ -170,7 +211,9 @@ impl Engine {
                 path: path.display().to_string(),
                 source: e,
             })?;
-            store.set_master_key(abs, key.fingerprint())?;
+            store.set_master_key(abs, &key)?;
+        } else {
+            store.migrate_catalog()?;
         }
         Ok(())
     }
@@ -297,6 +340,12 @@ impl Engine {
     /// Every backup is self-contained, so deleting a parent never breaks its incrementals.
     pub fn delete(&self, id: &BackupId) -> Result<()> {
         Ok(self.store.delete_backup(id)?)
+    }
+
+    /// Replaces the annotation of an available backup in the catalog (the daemon's control row,
+    /// after a change of name, description or metadata).
+    pub fn annotate(&self, id: &BackupId, annotation: &str) -> Result<()> {
+        Ok(self.store.annotate(id, annotation)?)
     }
 
     /// Runs garbage collection (safe while backups and restores run).

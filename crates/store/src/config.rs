@@ -60,6 +60,21 @@ impl Backend {
         }
     }
 
+    /// True when this backend already holds a store's catalog (for a local backend: in
+    /// `dir/meta/`): a store to recover, not to create over.
+    pub fn holds_store(&self, dir: &Path) -> Result<bool> {
+        match self {
+            Backend::Local => Ok(dir
+                .join("meta")
+                .join(crate::catalog::CONFIG_OBJECT)
+                .exists()),
+            Backend::S3(s) => S3Packs::new(s.clone())?
+                .get_meta(crate::catalog::CONFIG_OBJECT)
+                .map(|o| o.is_some())
+                .map_err(|e| Error::Config(format!("S3 bucket {}: {e}", s.url()))),
+        }
+    }
+
     /// A description for messages: `local` or the bucket URL and endpoint.
     pub fn describe(&self) -> String {
         match self {

@@ -135,11 +135,30 @@ impl PackStorage for FaultyPacks {
         self.enter("pack delete")?;
         self.inner.delete(id)
     }
-    fn list(&self) -> io::Result<Vec<PackId>> {
+    fn list_sized(&self) -> io::Result<Vec<(PackId, u64)>> {
         self.enter("pack list")?;
-        self.inner.list()
+        self.inner.list_sized()
     }
     fn describe(&self, id: PackId) -> String {
         format!("{} (fault-injecting)", self.inner.describe(id))
+    }
+    fn location(&self) -> String {
+        format!("{} (fault-injecting)", self.inner.location())
+    }
+    fn put_meta(&self, name: &str, body: &[u8]) -> io::Result<()> {
+        self.enter("catalog put")?;
+        self.inner.put_meta(name, body)
+    }
+    fn get_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        self.enter("catalog get")?;
+        self.inner.get_meta(name)
+    }
+    fn delete_meta(&self, name: &str) -> io::Result<()> {
+        self.enter("catalog delete")?;
+        self.inner.delete_meta(name)
+    }
+    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
+        self.enter("catalog list")?;
+        self.inner.list_meta(prefix)
     }
 }

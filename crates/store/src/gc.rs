@@ -123,6 +123,9 @@ impl Store {
                 continue; // started again under the same id since the snapshot
             }
             if *st == BackupState::Deleting {
+                // A delete interrupted after marking the record removes its catalog objects
+                // (again: idempotent) before the record goes.
+                self.delete_catalog_backup(id)?;
                 let _g = self.lifecycle.lock();
                 let still_deleting = !self.active.lock().contains(id)
                     && matches!(self.get_record(id), Ok(rec) if rec.state == BackupState::Deleting);

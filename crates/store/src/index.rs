@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blockvault_core::{
-    BackupId, BackupRecord, BackupState, ChunkId, ManifestBlock, ManifestEntry, PackId, VolumeId,
-    WrappedKey,
+    BackupId, BackupRecord, BackupState, CatalogKey, ChunkId, ManifestBlock, ManifestEntry, PackId,
+    VolumeId, WrappedKey,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
     WriteBatch, WriteOptions, DB,
@@ -165,6 +165,9 @@ pub struct Store {
     pub(crate) open_packs: Mutex<HashSet<PackId>>,
     /// Serializes GC runs.
     pub(crate) gc_lock: Mutex<()>,
+    /// The key of the catalog MACs (`catalog.rs`); `None` until the engine supplies the master
+    /// key's, in a store that has one.
+    pub(crate) catalog: RwLock<Option<CatalogKey>>,
     /// This store's entry in [`OPEN_HERE`]. Declared after `db` so that it is dropped after the
     /// database has closed and released its lock.
     _open_here: OpenHere,
@@ -310,7 +313,7 @@ fn open_error(index: &Path, e: rocksdb::Error) -> Error {
 /// Creates the directory of a new store (an existing empty one is fine) and makes it 0700: its
 /// packs and index hold the data of unencrypted volumes, so only the store's owner may enter.
 /// A directory that already holds a store is refused untouched.
-fn create_store_dir(dir: &Path) -> Result<()> {
+pub(crate) fn create_store_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
@@ -391,7 +394,11 @@ impl Store {
         Ok(s)
     }
 
-    fn open_parts(dir: &Path, config: StoreConfig, packs: Arc<dyn PackStorage>) -> Result<Store> {
+    pub(crate) fn open_parts(
+        dir: &Path,
+        config: StoreConfig,
+        packs: Arc<dyn PackStorage>,
+    ) -> Result<Store> {
         let index = dir.join("index");
         let cfs = ALL_CFS
             .iter()
@@ -407,9 +414,14 @@ impl Store {
             }
             Err(e) => return Err(open_error(&index, e)),
         };
+        let catalog = match config.master_fingerprint {
+            None => Some(CatalogKey::unauthenticated(&config.store_id)),
+            Some(_) => None,
+        };
         let store = Store {
             dir: dir.to_path_buf(),
             config,
+            catalog: RwLock::new(catalog),
             db,
             packs,
             lifecycle: Mutex::new(()),
@@ -422,11 +434,14 @@ impl Store {
         Ok(store)
     }
 
-    /// A backup left `in_progress` by an earlier process was interrupted: mark it `error`.
-    /// Its references and any chunks only it used are reclaimed by the next GC.
+    /// A backup left `in_progress` by an earlier process was interrupted: mark it `error`, after
+    /// removing any record object it wrote before its local commit (so the bucket never lists a
+    /// backup this index gave up on). Its references and any chunks only it used are reclaimed
+    /// by the next GC.
     fn recover_interrupted(&self) -> Result<()> {
         for mut rec in self.list_records()? {
             if rec.state == BackupState::InProgress {
+                self.delete_catalog_backup(&rec.id)?;
                 rec.state = BackupState::Error;
                 rec.fail_reason =
                     Some("interrupted: the process stopped before the backup was committed".into());
@@ -449,11 +464,18 @@ impl Store {
         &self.packs
     }
 
-    /// Records the master key file and fingerprint in the config (init time).
-    pub fn set_master_key(&mut self, key_file: PathBuf, fingerprint: String) -> Result<()> {
+    /// Records the master key file and fingerprint in the config (init time), and from then on
+    /// MACs the catalog under the master key; the catalog's config copy is rewritten.
+    pub fn set_master_key(
+        &mut self,
+        key_file: PathBuf,
+        master: &blockvault_core::MasterKey,
+    ) -> Result<()> {
         self.config.key_file = Some(key_file);
-        self.config.master_fingerprint = Some(fingerprint);
-        self.config.save(&self.dir)
+        self.config.master_fingerprint = Some(master.fingerprint());
+        self.config.save(&self.dir)?;
+        *self.catalog.write() = Some(master.catalog_key());
+        self.put_catalog_config()
     }
 
     pub(crate) fn cf(&self, name: &str) -> &ColumnFamily {
@@ -603,7 +625,10 @@ impl Store {
             self.open_packs.lock().remove(&id);
             Error::io(self.packs.describe(id), e)
         })?;
-        PackWriter::new(id, sink).map_err(|e| Error::io(self.packs.describe(id), e))
+        let key = self.catalog_key().inspect_err(|_| {
+            self.open_packs.lock().remove(&id);
+        })?;
+        PackWriter::new(id, sink, key).map_err(|e| Error::io(self.packs.describe(id), e))
     }
 
     /// Makes a pack durable, then records its chunks' locations and the pack in one batch.
@@ -765,13 +790,16 @@ impl Store {
         Ok(guard)
     }
 
-    /// Commits a backup: its last manifest block and its `available` record in one synced batch.
-    /// Every pack holding its new chunks must be sealed before this is called.
+    /// Commits a backup: writes its catalog objects (manifest parts, then the record with
+    /// `annotation`), then its last manifest block and its `available` record in one synced
+    /// batch. Every pack holding its new chunks must be sealed before this is called.
     pub fn commit_backup(
         &self,
         rec: &BackupRecord,
         last_block: Option<(u32, &ManifestBlock)>,
+        annotation: Option<&str>,
     ) -> Result<()> {
+        self.put_catalog_backup(rec, last_block, annotation)?;
         let mut b = WriteBatch::default();
         if let Some((n, block)) = last_block {
             b.put_cf(
@@ -786,6 +814,11 @@ impl Store {
         self.db
             .write_opt(b, &wo)
             .map_err(Error::db("commit backup"))
+            .inspect_err(|_| {
+                // The backup fails: the bucket must not keep listing it (best effort; an
+                // interrupted backup's record object is also removed at the next open).
+                let _ = self.delete_catalog_backup(&rec.id);
+            })
     }
 
     /// Deletes a backup: marks it `deleting` (synced), drops its references and manifest, then
@@ -801,6 +834,7 @@ impl Store {
             rec.state = BackupState::Deleting;
             self.put_record(&rec, true)?;
         }
+        self.delete_catalog_backup(id)?;
         self.drop_references(id)?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
@@ -860,12 +894,32 @@ impl Store {
         if let Some(k) = self.volume_key(volume)? {
             return Ok(k);
         }
+        // The bucket holds the key before any backup the index lets use it.
+        self.put_catalog_key(volume, key)?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db
             .put_cf_opt(self.cf(CF_KEYS), volume.as_str(), key.encode(), &wo)
             .map_err(Error::db("put volume key"))?;
         Ok(key.clone())
+    }
+
+    /// Every volume's wrapped data key.
+    pub fn volume_keys(&self) -> Result<Vec<(VolumeId, WrappedKey)>> {
+        self.db
+            .iterator_cf(self.cf(CF_KEYS), IteratorMode::Start)
+            .map(|kv| {
+                let (k, v) = kv.map_err(Error::db("iterate keys"))?;
+                let volume = std::str::from_utf8(&k)
+                    .ok()
+                    .and_then(|s| VolumeId::new(s).ok())
+                    .ok_or_else(|| Error::Corrupt {
+                        what: "volume key".into(),
+                        detail: "key of the keys column family is not a volume id".into(),
+                    })?;
+                Ok((volume, WrappedKey::decode(&v)?))
+            })
+            .collect()
     }
 
     // ---------------------------------------------------------------- accounting

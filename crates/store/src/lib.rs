@@ -17,18 +17,24 @@
 //! The store also owns the *lifecycle lock* that makes dedup safe against a concurrent GC: see
 //! [`Store::add_refs`] and [`Store::gc_delete_unreferenced`].
 
+mod catalog;
 mod config;
 mod error;
 mod faulty;
 mod gc;
 mod index;
 mod pack;
+mod recover;
 mod s3;
+mod trailer;
 
+pub use catalog::MAX_ANNOTATION;
 pub use config::{Backend, StoreConfig, CONFIG_FILE};
 pub use error::{Error, Result};
 pub use faulty::{FaultCounts, Faults, FaultyPacks};
 pub use gc::{GcOptions, GcReport};
 pub use index::{ActiveGuard, ChunkLoc, PackInfo, RefBatch, Store, StoreStats};
 pub use pack::{EntryBytes, LocalPacks, MemoryPacks, PackSink, PackStorage, PackWriter};
+pub use recover::{RecoverFrom, RecoverReport, RecoveredBackup};
 pub use s3::{RequestCounts, S3Packs, S3Settings, PARTS_IN_FLIGHT, PART_SIZE};
+pub use trailer::PackListing;

@@ -1,9 +1,10 @@
 //! Pack files: append-only containers of chunk envelopes, behind the [`PackStorage`] trait.
 //!
 //! Pack layout (see FORMAT.md): a 24-byte header (`PACK_MAGIC`, pack id), then entries of
-//! `"BVCE" | chunk id (32) | envelope length u32 LE | envelope`. The entry header makes a pack
-//! self-describing, so the index could be rebuilt from packs alone, and lets every read check that
-//! the index pointed at the chunk it expected.
+//! `"BVCE" | chunk id (32) | envelope length u32 LE | envelope`, then (version 2) a MACed
+//! trailer listing the entries (`trailer.rs`). The entry header lets every read check that the
+//! index pointed at the chunk it expected; the trailer lets `recover` rebuild the index from a
+//! pack's tail without reading its chunks.
 //!
 //! The trait is deliberately narrow (create/append/finish, ranged read, delete, list) so that
 //! an object-store backend (S3, Ceph RGW, MinIO) can implement it: a sink may buffer or
@@ -12,14 +13,14 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use blockvault_core::format::{
     PACK_ENTRY_HEADER_LEN, PACK_ENTRY_MAGIC, PACK_HEADER_LEN, PACK_MAGIC,
 };
-use blockvault_core::{ChunkId, PackId};
+use blockvault_core::{CatalogKey, ChunkId, PackId};
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result};
@@ -51,10 +52,28 @@ pub trait PackStorage: Send + Sync + 'static {
     }
     /// Removes a pack (idempotent).
     fn delete(&self, id: PackId) -> io::Result<()>;
+    /// Every pack present, finished or not, with its size in bytes.
+    fn list_sized(&self) -> io::Result<Vec<(PackId, u64)>>;
     /// Every pack present, finished or not.
-    fn list(&self) -> io::Result<Vec<PackId>>;
+    fn list(&self) -> io::Result<Vec<PackId>> {
+        Ok(self.list_sized()?.into_iter().map(|(id, _)| id).collect())
+    }
     /// A human description for error messages.
     fn describe(&self, id: PackId) -> String;
+    /// Where this storage keeps its objects, for messages (a directory, a bucket URL).
+    fn location(&self) -> String {
+        "pack storage".into()
+    }
+
+    /// Writes catalog object `name` (a `/`-separated relative name made by the store, see
+    /// `catalog.rs`), replacing any object of that name atomically. Durable when it returns.
+    fn put_meta(&self, name: &str, body: &[u8]) -> io::Result<()>;
+    /// Reads catalog object `name`; `None` when there is none.
+    fn get_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>>;
+    /// Removes catalog object `name` (idempotent, durable when it returns).
+    fn delete_meta(&self, name: &str) -> io::Result<()>;
+    /// Names of the catalog objects that start with `prefix` (which ends in `/`), sorted.
+    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>>;
 }
 
 /// A pack being written.
@@ -88,6 +107,8 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// Pack files on a local filesystem: `packs/<first two hex digits>/<pack id>.pack`.
 pub struct LocalPacks {
     root: PathBuf,
+    /// Catalog objects: `meta/` beside `packs/`.
+    meta: PathBuf,
     /// Open read handles. Reading through a handle keeps working after GC unlinks the file.
     handles: Mutex<HashMap<PackId, Arc<File>>>,
 }
@@ -95,14 +116,26 @@ pub struct LocalPacks {
 const MAX_OPEN_HANDLES: usize = 256;
 
 impl LocalPacks {
-    /// Pack storage under `root` (created if missing).
+    /// Pack storage under `root` (created if missing); catalog objects go to `meta/` beside it.
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+        let meta = root
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .join("meta");
         Ok(LocalPacks {
             root,
+            meta,
             handles: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The file of catalog object `name`; `None` for a name the store never makes.
+    fn meta_path(&self, name: &str) -> io::Result<PathBuf> {
+        crate::catalog::check_name(name)?;
+        Ok(self.meta.join(name))
     }
 
     fn path(&self, id: PackId) -> PathBuf {
@@ -184,7 +217,7 @@ impl PackStorage for LocalPacks {
         }
     }
 
-    fn list(&self) -> io::Result<Vec<PackId>> {
+    fn list_sized(&self) -> io::Result<Vec<(PackId, u64)>> {
         let mut out = Vec::new();
         for sub in std::fs::read_dir(&self.root)? {
             let sub = sub?;
@@ -192,10 +225,16 @@ impl PackStorage for LocalPacks {
                 continue;
             }
             for f in std::fs::read_dir(sub.path())? {
-                let name = f?.file_name();
+                let f = f?;
+                let name = f.file_name();
                 let name = name.to_string_lossy();
                 if let Some(id) = name.strip_suffix(".pack").and_then(PackId::from_hex) {
-                    out.push(id);
+                    // A pack GC removed between the listing and the stat is simply gone.
+                    match f.metadata() {
+                        Ok(md) => out.push((id, md.len())),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
                 }
             }
         }
@@ -205,12 +244,96 @@ impl PackStorage for LocalPacks {
     fn describe(&self, id: PackId) -> String {
         self.path(id).display().to_string()
     }
+
+    fn location(&self) -> String {
+        self.meta.display().to_string()
+    }
+
+    fn put_meta(&self, name: &str, body: &[u8]) -> io::Result<()> {
+        let path = self.meta_path(name)?;
+        let dir = path.parent().expect("catalog path has a parent");
+        create_dirs_durably(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{:016x}",
+            path.file_name().expect("name").to_string_lossy(),
+            rand::random::<u64>()
+        ));
+        let res = write_durably(&tmp, body)
+            .map_err(|e| io::Error::other(e.to_string()))
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| File::open(dir)?.sync_all());
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        res
+    }
+
+    fn get_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        match std::fs::read(self.meta_path(name)?) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn delete_meta(&self, name: &str) -> io::Result<()> {
+        let path = self.meta_path(name)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => File::open(path.parent().expect("parent"))?.sync_all(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let dir = self.meta_path(prefix.trim_end_matches('/'))?;
+        let mut out = Vec::new();
+        let mut stack = vec![(dir, prefix.to_string())];
+        while let Some((d, rel)) = stack.pop() {
+            let rd = match std::fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for f in rd {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue; // a temporary file of an interrupted put
+                }
+                if f.file_type()?.is_dir() {
+                    stack.push((f.path(), format!("{rel}{name}/")));
+                } else {
+                    out.push(format!("{rel}{name}"));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Creates `dir` and its missing parents, fsyncing each parent whose entries changed.
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dirs_durably(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    File::open(dir.parent().unwrap_or(Path::new(".")))?.sync_all()
 }
 
 /// Packs in memory, for tests of everything above the storage.
 #[derive(Default)]
 pub struct MemoryPacks {
     packs: Arc<RwLock<HashMap<PackId, Arc<Vec<u8>>>>>,
+    meta: RwLock<std::collections::BTreeMap<String, Vec<u8>>>,
 }
 
 struct MemorySink {
@@ -254,11 +377,37 @@ impl PackStorage for MemoryPacks {
         self.packs.write().remove(&id);
         Ok(())
     }
-    fn list(&self) -> io::Result<Vec<PackId>> {
-        Ok(self.packs.read().keys().copied().collect())
+    fn list_sized(&self) -> io::Result<Vec<(PackId, u64)>> {
+        Ok(self
+            .packs
+            .read()
+            .iter()
+            .map(|(id, p)| (*id, p.len() as u64))
+            .collect())
     }
     fn describe(&self, id: PackId) -> String {
         format!("memory pack {id}")
+    }
+    fn put_meta(&self, name: &str, body: &[u8]) -> io::Result<()> {
+        crate::catalog::check_name(name)?;
+        self.meta.write().insert(name.to_string(), body.to_vec());
+        Ok(())
+    }
+    fn get_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.meta.read().get(name).cloned())
+    }
+    fn delete_meta(&self, name: &str) -> io::Result<()> {
+        self.meta.write().remove(name);
+        Ok(())
+    }
+    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
+        Ok(self
+            .meta
+            .read()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
     }
 }
 
@@ -272,13 +421,19 @@ pub(crate) struct SealedPack {
 pub struct PackWriter {
     id: PackId,
     sink: Box<dyn PackSink>,
+    /// MACs the trailer.
+    key: CatalogKey,
     size: u64,
     entries: Vec<(ChunkId, ChunkLoc)>,
     by_id: HashMap<ChunkId, usize>,
 }
 
 impl PackWriter {
-    pub(crate) fn new(id: PackId, mut sink: Box<dyn PackSink>) -> io::Result<Self> {
+    pub(crate) fn new(
+        id: PackId,
+        mut sink: Box<dyn PackSink>,
+        key: CatalogKey,
+    ) -> io::Result<Self> {
         let mut header = [0u8; PACK_HEADER_LEN as usize];
         header[..8].copy_from_slice(&PACK_MAGIC);
         header[8..].copy_from_slice(&id.0);
@@ -286,6 +441,7 @@ impl PackWriter {
         Ok(PackWriter {
             id,
             sink,
+            key,
             size: PACK_HEADER_LEN,
             entries: Vec::new(),
             by_id: HashMap::new(),
@@ -339,11 +495,13 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Makes the pack durable and returns its entries.
-    pub(crate) fn finish(self) -> io::Result<SealedPack> {
+    /// Appends the trailer, makes the pack durable and returns its entries.
+    pub(crate) fn finish(mut self) -> io::Result<SealedPack> {
+        let trailer = crate::trailer::encode(self.id, self.size, &self.entries, &self.key);
+        self.sink.write_all(&trailer)?;
         self.sink.finish()?;
         Ok(SealedPack {
-            size: self.size,
+            size: self.size + trailer.len() as u64,
             entries: self.entries,
         })
     }

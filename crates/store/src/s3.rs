@@ -259,6 +259,8 @@ pub struct RequestCounts {
     pub bytes_up: AtomicU64,
     /// Bytes received in GET bodies.
     pub bytes_down: AtomicU64,
+    /// Requests for catalog objects (PUT, GET, DELETE, LIST under `meta/`).
+    pub catalog: AtomicU64,
 }
 
 impl RequestCounts {
@@ -557,7 +559,7 @@ impl PackStorage for S3Packs {
         }
     }
 
-    fn list(&self) -> io::Result<Vec<PackId>> {
+    fn list_sized(&self) -> io::Result<Vec<(PackId, u64)>> {
         let prefix = self.key("packs");
         let s3 = self.s3.clone();
         let what = format!("LIST {}/packs", self.settings.url());
@@ -569,7 +571,7 @@ impl PackStorage for S3Packs {
                 async move {
                     use futures::TryStreamExt;
                     s3.list(Some(&prefix))
-                        .map_ok(|m| m.location.filename().map(str::to_string))
+                        .map_ok(|m| m.location.filename().map(|n| (n.to_string(), m.size)))
                         .try_collect::<Vec<_>>()
                         .await
                 }
@@ -580,12 +582,115 @@ impl PackStorage for S3Packs {
         Ok(names
             .into_iter()
             .flatten()
-            .filter_map(|n| n.strip_suffix(".pack").and_then(PackId::from_hex))
+            .filter_map(|(n, size)| {
+                Some((n.strip_suffix(".pack").and_then(PackId::from_hex)?, size))
+            })
             .collect())
     }
 
     fn describe(&self, id: PackId) -> String {
         format!("s3://{}/{}", self.settings.bucket, self.pack_key(id))
+    }
+
+    fn location(&self) -> String {
+        self.settings.url()
+    }
+
+    fn put_meta(&self, name: &str, body: &[u8]) -> io::Result<()> {
+        let key = self.meta_key(name)?;
+        let what = format!("PUT s3://{}/{key}", self.settings.bucket);
+        let (s3, counts) = (self.s3.clone(), self.counts.clone());
+        let data = PutPayload::from(Bytes::copy_from_slice(body));
+        self.run(async move {
+            attempt(|| {
+                let (s3, key, data) = (s3.clone(), key.clone(), data.clone());
+                RequestCounts::add(&counts.catalog, 1);
+                async move { s3.put(&key, data).await }
+            })
+            .await
+        })
+        .map(|_| ())
+        .map_err(|e| io_err(&what, e))
+    }
+
+    fn get_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        let key = self.meta_key(name)?;
+        let what = format!("GET s3://{}/{key}", self.settings.bucket);
+        let (s3, counts) = (self.s3.clone(), self.counts.clone());
+        let r = self.run(async move {
+            attempt(|| {
+                let (s3, key) = (s3.clone(), key.clone());
+                RequestCounts::add(&counts.catalog, 1);
+                async move { s3.get(&key).await?.bytes().await }
+            })
+            .await
+        });
+        match r {
+            Ok(b) => Ok(Some(b.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(io_err(&what, e)),
+        }
+    }
+
+    fn delete_meta(&self, name: &str) -> io::Result<()> {
+        let key = self.meta_key(name)?;
+        let what = format!("DELETE s3://{}/{key}", self.settings.bucket);
+        let (s3, counts) = (self.s3.clone(), self.counts.clone());
+        let r = self.run(async move {
+            attempt(|| {
+                let (s3, key) = (s3.clone(), key.clone());
+                RequestCounts::add(&counts.catalog, 1);
+                async move { s3.delete(&key).await }
+            })
+            .await
+        });
+        match r {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(io_err(&what, e)),
+        }
+    }
+
+    fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let dir = self.meta_key(prefix.trim_end_matches('/'))?;
+        let root = self.key("meta");
+        let what = format!("LIST s3://{}/{dir}", self.settings.bucket);
+        let (s3, counts) = (self.s3.clone(), self.counts.clone());
+        let found = self.run(async move {
+            attempt(|| {
+                let (s3, dir) = (s3.clone(), dir.clone());
+                RequestCounts::add(&counts.catalog, 1);
+                async move {
+                    use futures::TryStreamExt;
+                    s3.list(Some(&dir))
+                        .map_ok(|m| m.location)
+                        .try_collect::<Vec<_>>()
+                        .await
+                }
+            })
+            .await
+        });
+        let found = found.map_err(|e| io_err(&what, e))?;
+        let mut out: Vec<String> = found
+            .iter()
+            .filter_map(|loc| {
+                let rel: Vec<String> = loc
+                    .prefix_match(&root)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                Some(rel.join("/"))
+            })
+            .filter(|n| n.starts_with(prefix) && crate::catalog::valid_name(n))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+}
+
+impl S3Packs {
+    /// The object key of catalog object `name`: `PREFIX/meta/NAME`.
+    fn meta_key(&self, name: &str) -> io::Result<Path> {
+        crate::catalog::check_name(name)?;
+        Ok(self.key(&format!("meta/{name}")))
     }
 }
 

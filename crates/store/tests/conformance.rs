@@ -302,3 +302,51 @@ fn store_json_records_the_backend_and_a_local_store_keeps_the_old_format() {
     .to_string();
     assert!(e.contains("s3://no-such-bucket"), "{e}");
 }
+
+/// Catalog objects (`put_meta` and friends) behave alike on every backend: put replaces, get
+/// of a missing name is `None`, list is sorted and scoped by prefix, delete is idempotent, and
+/// names the store would never make are refused before they reach a disk or a bucket.
+#[test]
+fn every_backend_keeps_catalog_objects_alike() {
+    let b = backends();
+    for (name, p) in &b.list {
+        assert_eq!(p.get_meta("backups/x/record").unwrap(), None, "{name}");
+        p.put_meta("backups/b1/manifest-000000", b"m0").unwrap();
+        p.put_meta("backups/b1/record", b"first").unwrap();
+        p.put_meta("backups/b1/record", b"second").unwrap();
+        p.put_meta("backups/b2/record", b"other").unwrap();
+        p.put_meta("keys/6162", &random(3000, 9)).unwrap();
+        p.put_meta("store.json", b"{}").unwrap();
+        assert_eq!(
+            p.get_meta("backups/b1/record").unwrap().as_deref(),
+            Some(&b"second"[..]),
+            "{name}: put replaces"
+        );
+        assert_eq!(
+            p.list_meta("backups/").unwrap(),
+            vec![
+                "backups/b1/manifest-000000",
+                "backups/b1/record",
+                "backups/b2/record"
+            ],
+            "{name}"
+        );
+        assert_eq!(
+            p.list_meta("backups/b2/").unwrap(),
+            vec!["backups/b2/record"]
+        );
+        assert_eq!(p.list_meta("keys/").unwrap(), vec!["keys/6162"], "{name}");
+        assert_eq!(p.get_meta("keys/6162").unwrap().unwrap(), random(3000, 9));
+        p.delete_meta("backups/b1/record").unwrap();
+        p.delete_meta("backups/b1/record").unwrap();
+        assert_eq!(p.get_meta("backups/b1/record").unwrap(), None, "{name}");
+        assert!(
+            p.list().unwrap().is_empty(),
+            "{name}: catalog objects are not packs"
+        );
+        for bad in ["../escape", "/abs", "a//b", ".hidden", "keys/x y"] {
+            let e = p.put_meta(bad, b"x").unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{name}: {bad}");
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Backup rows for a store recovered from its bucket: the daemon started on an empty data
+//! directory that points at a bucket holding a store (`server.rs`) recovers the store, then
+//! rebuilds its backup rows here from the annotations the backups were committed with (each
+//! backup's control row at commit time, kept in the catalog's record object).
+//!
+//! The engine's record wins over the annotation for every fact about the data (size, counts,
+//! encryption, parent); the annotation gives the Cinder fields (project, user, name,
+//! description, container, metadata, availability zone). Vaults, policies and volumes are not
+//! in the catalog: a recovered row names a vault only if this control database has that vault.
+use blockvault_engine::RecoveredBackup;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::control::{Changes, Control};
+use crate::model::{BackupRow, BackupStatus, ROW_VERSION};
+
+/// The row of a recovered backup whose annotation is missing or unreadable: visible to admins,
+/// named after its id.
+fn bare_row(b: &RecoveredBackup) -> BackupRow {
+    let r = &b.record;
+    BackupRow {
+        format: ROW_VERSION,
+        id: r.id.0,
+        project_id: String::new(),
+        user_id: String::new(),
+        name: format!("recovered-{}", r.id),
+        description: "recovered from the bucket without its control row".into(),
+        container: String::new(),
+        metadata: Default::default(),
+        availability_zone: String::new(),
+        snapshot_id: None,
+        volume_id: Uuid::parse_str(r.volume_id.as_str()).unwrap_or(Uuid::nil()),
+        status: BackupStatus::Available,
+        fail_reason: None,
+        is_incremental: false,
+        parent_id: None,
+        size: 0,
+        object_count: 0,
+        stored_bytes: 0,
+        data_timestamp: None,
+        created_at: r.created_at,
+        updated_at: r.created_at,
+        encrypted: false,
+        encryption_key_id: None,
+        job_id: None,
+        vault_id: None,
+    }
+}
+
+impl Control {
+    /// Writes a row for every recovered backup this control database does not know; returns
+    /// how many it wrote.
+    pub fn adopt_recovered(&self, backups: &[RecoveredBackup]) -> Result<usize, String> {
+        let mut st = self.state.lock();
+        let mut changes = Changes::default();
+        for b in backups {
+            let r = &b.record;
+            if st.backups.contains_key(&r.id.0) {
+                continue;
+            }
+            let mut row = b
+                .annotation
+                .as_deref()
+                .and_then(|a| serde_json::from_str::<BackupRow>(a).ok())
+                .filter(|row| row.id == r.id.0)
+                .unwrap_or_else(|| bare_row(b));
+            row.status = BackupStatus::Available;
+            row.fail_reason = None;
+            row.job_id = None;
+            row.is_incremental = r.is_incremental;
+            row.parent_id = r.parent_id.map(|p| p.0);
+            row.size = r.size;
+            row.object_count = r.object_count;
+            row.stored_bytes = r.stored_bytes;
+            row.data_timestamp = Some(r.data_timestamp);
+            row.encrypted = r.encrypted;
+            row.encryption_key_id = r.encryption_key_id;
+            row.updated_at = OffsetDateTime::now_utc();
+            if row.vault_id.is_some_and(|v| !st.vaults.contains_key(&v)) {
+                row.vault_id = None;
+            }
+            changes.backups.push(row);
+        }
+        let n = changes.backups.len();
+        changes
+            .commit(&self.db, &mut st)
+            .map_err(|e| e.message().to_string())?;
+        Ok(n)
+    }
+}
