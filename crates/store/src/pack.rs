@@ -278,11 +278,17 @@ impl PackStorage for LocalPacks {
 
     fn delete_meta(&self, name: &str) -> io::Result<()> {
         let path = self.meta_path(name)?;
+        let dir = path.parent().expect("parent");
         match std::fs::remove_file(&path) {
-            Ok(()) => File::open(path.parent().expect("parent"))?.sync_all(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+            Ok(()) => File::open(dir)?.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
         }
+        // A backup's directory goes with its last object (it fails while others remain).
+        if dir != self.meta && std::fs::remove_dir(dir).is_ok() {
+            File::open(dir.parent().expect("parent"))?.sync_all()?;
+        }
+        Ok(())
     }
 
     fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
