@@ -180,6 +180,15 @@ enum Local {
         store: StoreArg,
         #[arg(long)]
         backup: Option<String>,
+        /// Whole store only: skip packs a verify found intact less than this many seconds ago
+        /// (0: read every pack). Intact packs are remembered as they are checked.
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value_t = 0,
+            conflicts_with = "backup"
+        )]
+        period: u64,
         #[arg(long)]
         json: bool,
     },
@@ -405,12 +414,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Local::Verify {
             store,
             backup,
+            period,
             json,
         } => {
             let e = engine(&store)?;
             let backup = backup.as_deref().map(parse_backup).transpose()?;
             let bar = Bar::bytes("verify");
-            let report = e.verify(backup, bar.as_ref())?;
+            let report = match backup {
+                Some(id) => e.verify(Some(id), bar.as_ref())?,
+                None => {
+                    e.verify_store_within(std::time::Duration::from_secs(period), bar.as_ref())?
+                }
+            };
             drop(bar);
             if json {
                 print_json(&report)?;
@@ -426,6 +441,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 for m in &report.manifests {
                     println!("DAMAGED manifest of backup {}: {}", m.backup, m.problem);
+                }
+                if report.packs_skipped > 0 {
+                    println!(
+                        "skipped {} pack(s) found intact within the period",
+                        report.packs_skipped
+                    );
                 }
                 println!(
                     "checked {} chunks ({}) of {} backup(s): {} corrupt, {} missing, {} bad \

@@ -66,6 +66,26 @@ impl Default for GcConfig {
     }
 }
 
+/// `[verify]`: the scheduled store verify.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Seconds between runs (0: never). The first run starts a minute after the daemon.
+    pub interval_seconds: u64,
+    /// A pack found intact less than this many seconds ago is not read again (0: every run
+    /// reads every pack).
+    pub period_seconds: u64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        VerifyConfig {
+            interval_seconds: 24 * 3600,
+            period_seconds: 30 * 24 * 3600,
+        }
+    }
+}
+
 /// `[engine]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -224,6 +244,7 @@ pub struct Config {
     pub log: String,
     pub jobs: JobsConfig,
     pub gc: GcConfig,
+    pub verify: VerifyConfig,
     pub engine: EngineConfig,
     pub store: StoreSection,
     pub volumes: VolumesConfig,
@@ -242,6 +263,7 @@ impl Default for Config {
             log: "info".into(),
             jobs: JobsConfig::default(),
             gc: GcConfig::default(),
+            verify: VerifyConfig::default(),
             engine: EngineConfig::default(),
             store: StoreSection::default(),
             volumes: VolumesConfig::default(),
@@ -328,10 +350,14 @@ impl Config {
         if self.jobs.concurrency > 1024 {
             return Err("jobs.concurrency must be at most 1024".into());
         }
-        if self.gc.interval_seconds > MAX_INTERVAL_SECONDS {
-            return Err(format!(
-                "gc.interval_seconds must be at most {MAX_INTERVAL_SECONDS}"
-            ));
+        for (key, v) in [
+            ("gc.interval_seconds", self.gc.interval_seconds),
+            ("verify.interval_seconds", self.verify.interval_seconds),
+            ("verify.period_seconds", self.verify.period_seconds),
+        ] {
+            if v > MAX_INTERVAL_SECONDS {
+                return Err(format!("{key} must be at most {MAX_INTERVAL_SECONDS}"));
+            }
         }
         for (i, p) in self.volumes.allowed_paths.iter().enumerate() {
             if !p.is_absolute() {

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod server;
 pub mod usage;
 pub mod vault;
+pub mod verify;
 
 pub use config::Config;
 pub use server::{start, Daemon, Running};

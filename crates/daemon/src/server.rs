@@ -239,9 +239,18 @@ impl Daemon {
             }
         });
         let policies = tokio::spawn(crate::policy::PolicyRunner::new(control.clone()).run());
+        // GC and the scheduled verify take turns: a verify must not read a pack GC is removing.
+        let maintenance = Arc::new(tokio::sync::Mutex::new(()));
         let gc = tokio::spawn(scheduled_gc(
             control.clone(),
             self.config.gc.interval_seconds,
+            maintenance.clone(),
+        ));
+        let verify = tokio::spawn(crate::verify::scheduled_verify(
+            control.clone(),
+            self.config.verify.clone(),
+            self.config.data_dir.clone(),
+            maintenance,
         ));
         let keep_days = self.config.jobs.keep_finished_days;
         let pruner = tokio::spawn({
@@ -281,6 +290,7 @@ impl Daemon {
         saver.abort();
         policies.abort();
         gc.abort();
+        verify.abort();
         pruner.abort();
         tokio::task::spawn_blocking(move || control.finish_shutdown(SHUTDOWN_WAIT)).await?;
         tracing::info!("blockvaultd stopped");
@@ -290,7 +300,7 @@ impl Daemon {
 
 /// Runs GC every `interval` seconds (never when 0). GC is safe alongside everything else (see
 /// ARCHITECTURE.md); a run that fails is logged and tried again at the next interval.
-async fn scheduled_gc(control: Arc<Control>, interval: u64) {
+async fn scheduled_gc(control: Arc<Control>, interval: u64, turn: Arc<tokio::sync::Mutex<()>>) {
     if interval == 0 {
         return;
     }
@@ -299,6 +309,7 @@ async fn scheduled_gc(control: Arc<Control>, interval: u64) {
         if control.is_shutting_down() {
             return;
         }
+        let _turn = turn.lock().await;
         let c = control.clone();
         match tokio::task::spawn_blocking(move || c.engine().gc()).await {
             Ok(Ok(r)) => tracing::info!(

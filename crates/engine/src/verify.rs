@@ -1,8 +1,10 @@
 //! Verify: read back chunks and check them against their ids.
 //!
 //! For one backup: every chunk its manifest names. For the whole store: every manifest's chunks
-//! are looked up (missing ones reported with the backups naming them), then every stored chunk is
-//! read, decrypted with the key of a volume that references it, decompressed and hashed.
+//! are looked up (missing ones reported with the backups naming them), then every stored chunk
+//! that an available backup needs is read, pack by pack, decrypted with the key of a volume that
+//! references it, decompressed and hashed. A store verify remembers which packs it found intact
+//! and when, and with a period skips those checked within it (`verify_store_within`).
 //! Problems name the chunk and the available backups that reference it. Every manifest walked is
 //! also checked to cover exactly `[0, size)` of its record (contiguous blocks, no entry past the
 //! size, checked sums); a manifest that does not is a [`ManifestProblem`] naming the backup.
@@ -45,9 +47,24 @@ pub struct VerifyReport {
     pub missing: Vec<ChunkProblem>,
     /// Backups whose manifest cannot be read or has a gap, an overlap or an entry past the size.
     pub manifests: Vec<ManifestProblem>,
+    /// Packs read and checked (store verify only).
+    pub packs_checked: u64,
+    /// Packs skipped because a run within the period found them intact (store verify only).
+    pub packs_skipped: u64,
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl VerifyReport {
+    fn problem_count(&self) -> usize {
+        self.corrupt.len() + self.missing.len()
+    }
+
     /// True when nothing is damaged or missing.
     pub fn is_clean(&self) -> bool {
         self.corrupt.is_empty() && self.missing.is_empty() && self.manifests.is_empty()
@@ -186,7 +203,7 @@ impl Engine {
     ) -> Result<VerifyReport> {
         match backup {
             Some(id) => self.verify_backup(id, progress),
-            None => self.verify_store(progress),
+            None => self.verify_store_within(std::time::Duration::ZERO, progress),
         }
     }
 
@@ -228,7 +245,16 @@ impl Engine {
         Ok(report)
     }
 
-    fn verify_store(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+    /// Verifies the whole store, pack by pack, skipping packs found intact less than `period`
+    /// ago (`Duration::ZERO`: every pack). Every pack found intact is remembered with the time,
+    /// as it is checked, so a run stopped by a crash or a shutdown resumes where it stopped; a
+    /// pack with a damaged chunk is not, so every run reports it again. The manifest checks
+    /// (coverage, chunks missing from the index) read the index only and always run.
+    pub fn verify_store_within(
+        &self,
+        period: std::time::Duration,
+        progress: &dyn Progress,
+    ) -> Result<VerifyReport> {
         let mut report = VerifyReport::default();
         let records: HashMap<BackupId, _> = self
             .store
@@ -260,31 +286,96 @@ impl Engine {
                 backups: b.into_iter().collect(),
             })
             .collect();
-        // 2. Every stored chunk that an available backup references must open and hash right.
-        // Progress in pack bytes: the sealed-pack list is small, unlike a second chunk scan.
-        progress.set_total(self.store.sealed_packs()?.iter().map(|p| p.1.size).sum());
-        let mut batch = Vec::with_capacity(BATCH);
-        for c in self.store.chunks() {
-            let (id, loc) = c?;
-            progress.advance(loc.entry_len());
-            let Some(owner) = self
-                .store
-                .referrers(&id)?
-                .into_iter()
-                .find_map(|b| records.get(&b))
-            else {
-                continue; // unreferenced: garbage for GC, nobody needs it
-            };
-            // Every backup naming a chunk named it under the same keys (ids of different
-            // volumes keys or domains differ), so any owner's keys check it.
-            let keys = self.record_keys(owner)?.unwrap_or(VolumeKeys::Plain);
-            batch.push((id, keys));
-            if batch.len() >= BATCH {
-                self.check_batch(&batch, &mut report)?;
-                batch.clear();
+        // 2. Every stored chunk that an available backup references must open and hash right:
+        // pack by pack, in the order the trailer lists them, so an object store serves each
+        // run of entries with one ranged GET.
+        let now = unix_now();
+        let mut due = Vec::new();
+        for (pack, info) in self.store.sealed_packs()? {
+            let fresh = !period.is_zero()
+                && self
+                    .store
+                    .pack_verified_at(pack)?
+                    .is_some_and(|t| now.saturating_sub(t) < period.as_secs());
+            if fresh {
+                report.packs_skipped += 1;
+            } else {
+                due.push((pack, info));
             }
         }
-        self.check_batch(&batch, &mut report)?;
+        progress.set_total(due.iter().map(|p| p.1.size).sum());
+        let mut untrusted = HashSet::new();
+        for (pack, info) in due {
+            let Some(entries) = self.store.pack_entries(pack, info.size) else {
+                untrusted.insert(pack);
+                continue;
+            };
+            let problems = report.problem_count();
+            let mut batch = Vec::with_capacity(BATCH);
+            for (id, loc) in entries {
+                // A copy the index does not point at (GC moved the chunk) is not needed.
+                if self.store.chunk_location(&id)? != Some(loc) {
+                    continue;
+                }
+                if let Some(keys) = self.owner_keys(&id, &records)? {
+                    batch.push((id, keys));
+                }
+                if batch.len() >= BATCH {
+                    self.check_batch(&batch, &mut report)?;
+                    batch.clear();
+                }
+            }
+            self.check_batch(&batch, &mut report)?;
+            progress.advance(info.size);
+            report.packs_checked += 1;
+            let intact = report.problem_count() == problems;
+            self.store.set_pack_verified(pack, intact.then_some(now))?;
+        }
+        // 3. Packs without a trailer that checks (version 1, or damaged): their chunks are
+        // found in the index instead, in one pass over it.
+        if !untrusted.is_empty() {
+            let problems = report.problem_count();
+            let mut batch = Vec::with_capacity(BATCH);
+            for c in self.store.chunks() {
+                let (id, loc) = c?;
+                if !untrusted.contains(&loc.pack) {
+                    continue;
+                }
+                progress.advance(loc.entry_len());
+                if let Some(keys) = self.owner_keys(&id, &records)? {
+                    batch.push((id, keys));
+                }
+                if batch.len() >= BATCH {
+                    self.check_batch(&batch, &mut report)?;
+                    batch.clear();
+                }
+            }
+            self.check_batch(&batch, &mut report)?;
+            report.packs_checked += untrusted.len() as u64;
+            let intact = report.problem_count() == problems;
+            for pack in untrusted {
+                self.store.set_pack_verified(pack, intact.then_some(now))?;
+            }
+        }
         Ok(report)
+    }
+
+    /// The keys chunk `id` is checked with: those of any available backup that references it
+    /// (every backup naming a chunk named it under the same keys: ids of different volume keys
+    /// or domains differ). `None` for a chunk no available backup needs (garbage for GC).
+    fn owner_keys(
+        &self,
+        id: &ChunkId,
+        records: &HashMap<BackupId, BackupRecord>,
+    ) -> Result<Option<VolumeKeys>> {
+        let Some(owner) = self
+            .store
+            .referrers(id)?
+            .into_iter()
+            .find_map(|b| records.get(&b))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(self.record_keys(owner)?.unwrap_or(VolumeKeys::Plain)))
     }
 }

@@ -406,6 +406,9 @@ impl Store {
         self.db
             .delete_cf_opt(self.cf(CF_PACKS), id.0, &wo)
             .map_err(Error::db("forget pack"))?;
+        self.db
+            .delete_cf(self.cf(crate::index::CF_VERIFIED), id.0)
+            .map_err(Error::db("forget pack"))?;
         self.packs
             .delete(id)
             .map_err(|e| Error::io(self.packs.describe(id), e))

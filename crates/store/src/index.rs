@@ -35,13 +35,17 @@ pub(crate) const CF_BACKUPS: &str = "backups";
 pub(crate) const CF_MANIFESTS: &str = "manifests";
 pub(crate) const CF_KEYS: &str = "keys";
 pub(crate) const CF_PACKS: &str = "packs";
-const ALL_CFS: [&str; 6] = [
+/// Pack id -> when verify last found the whole pack intact (unix seconds, u64 LE). Added in
+/// place: an index without it gets it at open; a recovered index starts without entries.
+pub(crate) const CF_VERIFIED: &str = "verified";
+const ALL_CFS: [&str; 7] = [
     CF_CHUNKS,
     CF_REFS,
     CF_BACKUPS,
     CF_MANIFESTS,
     CF_KEYS,
     CF_PACKS,
+    CF_VERIFIED,
 ];
 
 /// Where a chunk's entry lives: `offset` is the entry header's position in the pack.
@@ -655,6 +659,34 @@ impl Store {
         };
         b.put_cf(self.cf(CF_PACKS), id.0, info.encode());
         self.db.write(b).map_err(Error::db("seal pack"))
+    }
+
+    /// When verify last found pack `id` intact (unix seconds).
+    pub fn pack_verified_at(&self, id: PackId) -> Result<Option<u64>> {
+        let v = self
+            .db
+            .get_pinned_cf(self.cf(CF_VERIFIED), id.0)
+            .map_err(Error::db("get pack verified"))?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_le_bytes))
+    }
+
+    /// Records that verify found pack `id` intact at `secs` (unix seconds), or with `None`
+    /// that it found damage (the pack is then due at every run).
+    pub fn set_pack_verified(&self, id: PackId, secs: Option<u64>) -> Result<()> {
+        match secs {
+            Some(t) => self.db.put_cf(self.cf(CF_VERIFIED), id.0, t.to_le_bytes()),
+            None => self.db.delete_cf(self.cf(CF_VERIFIED), id.0),
+        }
+        .map_err(Error::db("put pack verified"))
+    }
+
+    /// The entries of sealed pack `id` (of `size` bytes) as its trailer lists them, when the
+    /// trailer checks under this store's catalog key; `None` otherwise (a version 1 pack, a
+    /// damaged trailer, a read that failed, or no key to check it with).
+    pub fn pack_entries(&self, id: PackId, size: u64) -> Option<Vec<(ChunkId, ChunkLoc)>> {
+        let key = self.catalog.read().clone()?;
+        crate::trailer::trusted_entries(&*self.packs, id, size, &key)
     }
 
     /// Gives up on an unsealed pack: it stays an orphan file until GC removes it.
