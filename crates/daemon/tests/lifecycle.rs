@@ -343,3 +343,61 @@ async fn encrypted_volume_reports_its_key_id() {
     assert!(pb_.encryption_key_id.is_none());
     d.stop().await.unwrap();
 }
+
+/// `[verify]`: the daemon verifies the store on its schedule and writes the report, which
+/// names a damaged chunk and the backup that needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_verify_reports_damage_and_the_backups_it_hits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cfg = config(&data, vec![]);
+    cfg.verify.interval_seconds = 1;
+    cfg.verify.period_seconds = 0;
+    let d = blockvault_daemon::start(cfg).await.unwrap();
+    let mut c = connect(&d.endpoint(), Some(&d.admin_token)).await;
+    let img = dir.path().join("v.img");
+    make_image(&img, 4 * MIB, 3);
+    let vol = register(&mut c, &img, "v").await;
+    let b = backup(&mut c, &vol.id, "b", false).await;
+    let report_file = data.join(blockvault_daemon::verify::REPORT_FILE);
+    let read_report = || -> Option<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(&report_file).ok()?).ok()
+    };
+    let mut clean = None;
+    for _ in 0..100 {
+        if let Some(r) = read_report().filter(|r| r["chunks_checked"].as_u64() > Some(0)) {
+            clean = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let clean = clean.expect("a verify ran and checked the backup's chunks");
+    assert!(clean["corrupt"].as_array().unwrap().is_empty(), "{clean:#}");
+
+    // Damage every pack's middle byte: some chunk of the backup is hit.
+    for sub in std::fs::read_dir(data.join("store/packs")).unwrap() {
+        for f in std::fs::read_dir(sub.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            let mut bytes = std::fs::read(&p).unwrap();
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x55;
+            std::fs::write(&p, bytes).unwrap();
+        }
+    }
+    let mut damaged = None;
+    for _ in 0..100 {
+        if let Some(r) = read_report().filter(|r| !r["corrupt"].as_array().unwrap().is_empty()) {
+            damaged = Some(r);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let damaged = damaged.expect("the next run found the damage");
+    let hit = &damaged["corrupt"][0];
+    assert_eq!(
+        hit["backups"][0].as_str(),
+        Some(b.id.as_str()),
+        "{damaged:#}"
+    );
+    d.stop().await.unwrap();
+}
