@@ -311,21 +311,16 @@ impl Engine {
                 continue;
             };
             let problems = report.problem_count();
-            let mut batch = Vec::with_capacity(BATCH);
-            for (id, loc) in entries {
-                // A copy the index does not point at (GC moved the chunk) is not needed.
-                if self.store.chunk_location(&id)? != Some(loc) {
-                    continue;
-                }
-                if let Some(keys) = self.owner_keys(&id, &records)? {
-                    batch.push((id, keys));
-                }
-                if batch.len() >= BATCH {
-                    self.check_batch(&batch, &mut report)?;
-                    batch.clear();
-                }
-            }
-            self.check_batch(&batch, &mut report)?;
+            // A copy the index does not point at (GC moved the chunk) is not needed.
+            let wanted =
+                entries
+                    .into_iter()
+                    .filter_map(|(id, loc)| match self.store.chunk_location(&id) {
+                        Ok(at) if at == Some(loc) => Some(Ok(id)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e.into())),
+                    });
+            self.check_chunks(wanted, &records, &mut report)?;
             progress.advance(info.size);
             report.packs_checked += 1;
             let intact = report.problem_count() == problems;
@@ -335,22 +330,15 @@ impl Engine {
         // found in the index instead, in one pass over it.
         if !untrusted.is_empty() {
             let problems = report.problem_count();
-            let mut batch = Vec::with_capacity(BATCH);
-            for c in self.store.chunks() {
-                let (id, loc) = c?;
-                if !untrusted.contains(&loc.pack) {
-                    continue;
+            let wanted = self.store.chunks().filter_map(|c| match c {
+                Ok((id, loc)) if untrusted.contains(&loc.pack) => {
+                    progress.advance(loc.entry_len());
+                    Some(Ok(id))
                 }
-                progress.advance(loc.entry_len());
-                if let Some(keys) = self.owner_keys(&id, &records)? {
-                    batch.push((id, keys));
-                }
-                if batch.len() >= BATCH {
-                    self.check_batch(&batch, &mut report)?;
-                    batch.clear();
-                }
-            }
-            self.check_batch(&batch, &mut report)?;
+                Ok(_) => None,
+                Err(e) => Some(Err(e.into())),
+            });
+            self.check_chunks(wanted, &records, &mut report)?;
             report.packs_checked += untrusted.len() as u64;
             let intact = report.problem_count() == problems;
             for pack in untrusted {
@@ -358,6 +346,27 @@ impl Engine {
             }
         }
         Ok(report)
+    }
+
+    /// Checks `chunks` that an available backup needs, in batches, in the order given.
+    fn check_chunks(
+        &self,
+        chunks: impl Iterator<Item = Result<ChunkId>>,
+        records: &HashMap<BackupId, BackupRecord>,
+        report: &mut VerifyReport,
+    ) -> Result<()> {
+        let mut batch = Vec::with_capacity(BATCH);
+        for id in chunks {
+            let id = id?;
+            if let Some(keys) = self.owner_keys(&id, records)? {
+                batch.push((id, keys));
+            }
+            if batch.len() >= BATCH {
+                self.check_batch(&batch, report)?;
+                batch.clear();
+            }
+        }
+        self.check_batch(&batch, report)
     }
 
     /// The keys chunk `id` is checked with: those of any available backup that references it

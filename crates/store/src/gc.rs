@@ -123,13 +123,14 @@ impl Store {
                 continue; // started again under the same id since the snapshot
             }
             if *st == BackupState::Deleting {
-                // A delete interrupted after marking the record removes its catalog objects
-                // (again: idempotent) before the record goes.
-                self.delete_catalog_backup(id)?;
                 let _g = self.lifecycle.lock();
                 let still_deleting = !self.active.lock().contains(id)
                     && matches!(self.get_record(id), Ok(rec) if rec.state == BackupState::Deleting);
                 if still_deleting {
+                    // A delete interrupted after marking the record removes its catalog
+                    // objects (again: idempotent) before the record goes. Only after the check:
+                    // a backup run again under this id owns the objects it commits.
+                    self.delete_catalog_backup(id)?;
                     let mut wo = WriteOptions::default();
                     wo.set_sync(true);
                     self.db

@@ -258,8 +258,15 @@ impl PackStorage for LocalPacks {
             path.file_name().expect("name").to_string_lossy(),
             rand::random::<u64>()
         ));
-        let res = write_durably(&tmp, body)
-            .map_err(|e| io::Error::other(e.to_string()))
+        let res = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(body)?;
+                f.sync_all()
+            })
             .and_then(|()| std::fs::rename(&tmp, &path))
             .and_then(|()| File::open(dir)?.sync_all());
         if res.is_err() {
@@ -280,13 +287,13 @@ impl PackStorage for LocalPacks {
         let path = self.meta_path(name)?;
         let dir = path.parent().expect("parent");
         match std::fs::remove_file(&path) {
-            Ok(()) => File::open(dir)?.sync_all()?,
+            Ok(()) => sync_dir_if_there(dir)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         }
         // A backup's directory goes with its last object (it fails while others remain).
         if dir != self.meta && std::fs::remove_dir(dir).is_ok() {
-            File::open(dir.parent().expect("parent"))?.sync_all()?;
+            sync_dir_if_there(dir.parent().expect("parent"))?;
         }
         Ok(())
     }
@@ -316,6 +323,15 @@ impl PackStorage for LocalPacks {
         }
         out.sort();
         Ok(out)
+    }
+}
+
+/// Fsyncs `dir`; a directory a concurrent delete removed has nothing left to make durable.
+fn sync_dir_if_there(dir: &Path) -> io::Result<()> {
+    match File::open(dir) {
+        Ok(d) => d.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -547,17 +547,9 @@ impl PackStorage for S3Packs {
     }
 
     fn delete(&self, id: PackId) -> io::Result<()> {
-        let key = self.pack_key(id);
         let what = format!("DELETE {}", self.describe(id));
-        let s3 = self.s3.clone();
-        let counts = self.counts.clone();
-        let r = self.run(async move {
-            attempt(|| {
-                let (s3, key) = (s3.clone(), key.clone());
-                RequestCounts::add(&counts.other, 1);
-                async move { s3.delete(&key).await }
-            })
-            .await
+        let r = self.retried(self.pack_key(id), count_other, |s3, key| async move {
+            s3.delete(&key).await
         });
         match r {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -605,15 +597,10 @@ impl PackStorage for S3Packs {
     fn put_meta(&self, name: &str, body: &[u8]) -> io::Result<()> {
         let key = self.meta_key(name)?;
         let what = format!("PUT s3://{}/{key}", self.settings.bucket);
-        let (s3, counts) = (self.s3.clone(), self.counts.clone());
         let data = PutPayload::from(Bytes::copy_from_slice(body));
-        self.run(async move {
-            attempt(|| {
-                let (s3, key, data) = (s3.clone(), key.clone(), data.clone());
-                RequestCounts::add(&counts.catalog, 1);
-                async move { s3.put(&key, data).await }
-            })
-            .await
+        self.retried(key, count_catalog, move |s3, key| {
+            let data = data.clone();
+            async move { s3.put(&key, data).await }
         })
         .map(|_| ())
         .map_err(|e| io_err(&what, e))
@@ -622,14 +609,8 @@ impl PackStorage for S3Packs {
     fn get_meta(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
         let key = self.meta_key(name)?;
         let what = format!("GET s3://{}/{key}", self.settings.bucket);
-        let (s3, counts) = (self.s3.clone(), self.counts.clone());
-        let r = self.run(async move {
-            attempt(|| {
-                let (s3, key) = (s3.clone(), key.clone());
-                RequestCounts::add(&counts.catalog, 1);
-                async move { s3.get(&key).await?.bytes().await }
-            })
-            .await
+        let r = self.retried(key, count_catalog, |s3, key| async move {
+            s3.get(&key).await?.bytes().await
         });
         match r {
             Ok(b) => Ok(Some(b.to_vec())),
@@ -641,14 +622,8 @@ impl PackStorage for S3Packs {
     fn delete_meta(&self, name: &str) -> io::Result<()> {
         let key = self.meta_key(name)?;
         let what = format!("DELETE s3://{}/{key}", self.settings.bucket);
-        let (s3, counts) = (self.s3.clone(), self.counts.clone());
-        let r = self.run(async move {
-            attempt(|| {
-                let (s3, key) = (s3.clone(), key.clone());
-                RequestCounts::add(&counts.catalog, 1);
-                async move { s3.delete(&key).await }
-            })
-            .await
+        let r = self.retried(key, count_catalog, |s3, key| async move {
+            s3.delete(&key).await
         });
         match r {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
@@ -660,20 +635,12 @@ impl PackStorage for S3Packs {
         let dir = self.meta_key(prefix.trim_end_matches('/'))?;
         let root = self.key("meta");
         let what = format!("LIST s3://{}/{dir}", self.settings.bucket);
-        let (s3, counts) = (self.s3.clone(), self.counts.clone());
-        let found = self.run(async move {
-            attempt(|| {
-                let (s3, dir) = (s3.clone(), dir.clone());
-                RequestCounts::add(&counts.catalog, 1);
-                async move {
-                    use futures::TryStreamExt;
-                    s3.list(Some(&dir))
-                        .map_ok(|m| m.location)
-                        .try_collect::<Vec<_>>()
-                        .await
-                }
-            })
-            .await
+        let found = self.retried(dir, count_catalog, |s3, dir| async move {
+            use futures::TryStreamExt;
+            s3.list(Some(&dir))
+                .map_ok(|m| m.location)
+                .try_collect::<Vec<_>>()
+                .await
         });
         let found = found.map_err(|e| io_err(&what, e))?;
         let mut out: Vec<String> = found
@@ -692,7 +659,38 @@ impl PackStorage for S3Packs {
     }
 }
 
+fn count_other(c: &RequestCounts) {
+    RequestCounts::add(&c.other, 1);
+}
+
+fn count_catalog(c: &RequestCounts) {
+    RequestCounts::add(&c.catalog, 1);
+}
+
 impl S3Packs {
+    /// Runs `op(client, key)` on this backend's runtime with [`attempt`]'s retries, counting
+    /// every attempt with `count`.
+    fn retried<T, F, Fut>(
+        &self,
+        key: Path,
+        count: fn(&RequestCounts),
+        op: F,
+    ) -> object_store::Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<AmazonS3>, Path) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = object_store::Result<T>> + Send + 'static,
+    {
+        let (s3, counts) = (self.s3.clone(), self.counts.clone());
+        self.run(async move {
+            attempt(|| {
+                count(&counts);
+                op(s3.clone(), key.clone())
+            })
+            .await
+        })
+    }
+
     /// The object key of catalog object `name`: `PREFIX/meta/NAME`.
     fn meta_key(&self, name: &str) -> io::Result<Path> {
         crate::catalog::check_name(name)?;
