@@ -1,7 +1,11 @@
-//! Backup rows for a store recovered from its bucket: the daemon started on an empty data
-//! directory that points at a bucket holding a store (`server.rs`) recovers the store, then
-//! rebuilds its backup rows here from the annotations the backups were committed with (each
-//! backup's control row at commit time, kept in the catalog's record object).
+//! Backup rows and the catalog's annotations. Every backup is committed with its control row as
+//! the annotation of its record object (`control.rs`). Here:
+//! - [`Control::adopt_recovered`]: the daemon started on an empty data directory that points
+//!   at a bucket holding a store (`server.rs`) recovers the store, then rebuilds its backup
+//!   rows from those annotations;
+//! - [`Control::annotate_all`]: a data directory from before annotations existed (its backups'
+//!   record objects were written by the store's catalog migration, without rows) has every
+//!   available row annotated once, so those backups too come back with their Cinder fields.
 //!
 //! The engine's record wins over the annotation for every fact about the data (size, counts,
 //! encryption, parent); the annotation gives the Cinder fields (project, user, name,
@@ -47,7 +51,45 @@ fn bare_row(b: &RecoveredBackup) -> BackupRow {
     }
 }
 
+/// Marker in the data directory: every available backup's row is in the catalog.
+pub const ANNOTATED_MARKER: &str = "catalog-annotated";
+
 impl Control {
+    /// Annotates every available backup's record object with its row, unless the data
+    /// directory's marker says this was done; then writes the marker (fsynced). Returns how
+    /// many backups it annotated.
+    pub fn annotate_all(&self, data_dir: &std::path::Path) -> Result<usize, String> {
+        let marker = data_dir.join(ANNOTATED_MARKER);
+        if marker.exists() {
+            return Ok(0);
+        }
+        let rows: Vec<BackupRow> = self
+            .state
+            .lock()
+            .backups
+            .values()
+            .filter(|b| b.status == BackupStatus::Available)
+            .cloned()
+            .collect();
+        let mut n = 0;
+        for row in &rows {
+            let text = serde_json::to_string(row).expect("row serializes");
+            // A row the store cannot annotate (its record is gone or not available) is left;
+            // the backup itself is then not restorable either.
+            match self
+                .engine()
+                .annotate(&blockvault_core::BackupId(row.id), &text)
+            {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!(backup = %row.id, error = %e, "not annotated"),
+            }
+        }
+        std::fs::write(&marker, b"")
+            .and_then(|()| std::fs::File::open(data_dir)?.sync_all())
+            .map_err(|e| format!("{}: {e}", marker.display()))?;
+        Ok(n)
+    }
+
     /// Writes a row for every recovered backup this control database does not know; returns
     /// how many it wrote.
     pub fn adopt_recovered(&self, backups: &[RecoveredBackup]) -> Result<usize, String> {

@@ -133,6 +133,14 @@ impl Daemon {
                 .context("writing the recovered backups' rows")?;
             tracing::warn!(rows = n, "backup rows rebuilt from the catalog");
         }
+        // A data directory from before annotations: put every row in the catalog, once.
+        let n = control
+            .annotate_all(dir)
+            .map_err(anyhow::Error::msg)
+            .context("writing the backups' rows to the catalog")?;
+        if n > 0 {
+            tracing::info!(rows = n, "backup rows written to the catalog");
+        }
         let auth = Auth::new(&config.tokens, &admin_token);
         Ok(Daemon {
             control,

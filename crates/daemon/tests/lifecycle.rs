@@ -401,3 +401,41 @@ async fn the_scheduled_verify_reports_damage_and_the_backups_it_hits() {
     );
     d.stop().await.unwrap();
 }
+
+/// A data directory from before the catalog: the store's migration writes the backups' record
+/// objects, and the daemon adds each backup's row to them once, so a later recovery from the
+/// bucket lists them with their Cinder fields too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_data_dir_from_before_the_catalog_reach_the_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = start(&data).await;
+    let mut c = connect(&d.endpoint(), Some(&d.admin_token)).await;
+    let img = dir.path().join("v.img");
+    make_image(&img, 3 * MIB, 4);
+    let vol = register(&mut c, &img, "v").await;
+    let b = backup(&mut c, &vol.id, "named-before", false).await;
+    d.stop().await.unwrap();
+    // What the previous version left: no catalog, no marker.
+    std::fs::remove_dir_all(data.join("store/meta")).unwrap();
+    std::fs::remove_file(data.join(blockvault_daemon::adopt::ANNOTATED_MARKER)).unwrap();
+
+    let d = start(&data).await;
+    d.stop().await.unwrap();
+    assert!(data
+        .join(blockvault_daemon::adopt::ANNOTATED_MARKER)
+        .exists());
+    let engine = blockvault_engine::Engine::open(
+        data.join("store"),
+        blockvault_engine::EngineOptions {
+            key_file: Some(data.join("master.key")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let id: blockvault_core::BackupId = b.id.parse().unwrap();
+    let note = engine.store().annotation(&id).unwrap().expect("annotated");
+    let row: serde_json::Value = serde_json::from_str(&note).unwrap();
+    assert_eq!(row["name"], "named-before");
+    assert_eq!(row["id"].as_str(), Some(b.id.as_str()));
+}
