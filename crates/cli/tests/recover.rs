@@ -145,8 +145,8 @@ fn damage_index(store: &Path) -> usize {
     n
 }
 
-#[test]
-fn recover_rebuilds_a_damaged_index_from_the_packs() {
+/// A local store with a master key, populated: (its temp dir, store, key file, backups).
+fn populated_local_store() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<(String, Vec<u8>)>) {
     let d = tempfile::tempdir().unwrap();
     let (store, key) = (d.path().join("store"), d.path().join("master.key"));
     ok(bv(&[
@@ -158,6 +158,12 @@ fn recover_rebuilds_a_damaged_index_from_the_packs() {
         &key,
     ]));
     let want = populate(&store, &key, d.path());
+    (d, store, key, want)
+}
+
+#[test]
+fn recover_rebuilds_a_damaged_index_from_the_packs() {
+    let (d, store, key, want) = populated_local_store();
     assert!(damage_index(&store) > 0);
     let broken = bv(&[
         &"local",
@@ -185,17 +191,7 @@ fn recover_rebuilds_a_damaged_index_from_the_packs() {
 
 #[test]
 fn a_store_written_before_the_catalog_is_migrated_then_recoverable() {
-    let d = tempfile::tempdir().unwrap();
-    let (store, key) = (d.path().join("store"), d.path().join("master.key"));
-    ok(bv(&[
-        &"local",
-        &"init",
-        &"--store",
-        &store,
-        &"--key-file",
-        &key,
-    ]));
-    let want = populate(&store, &key, d.path());
+    let (d, store, key, want) = populated_local_store();
     // Make it what the previous version wrote: version 1 packs (no trailer), no catalog.
     std::fs::remove_dir_all(store.join("meta")).unwrap();
     let mut packs = 0;
