@@ -5,15 +5,18 @@
 # listening on 127.0.0.1 only. Root. Starts in a few seconds once the packages are installed.
 #
 #   bash scripts/ceph-rgw.sh start DIR [BUCKET]   # installs packages if missing, starts, makes BUCKET
+#   OBJECT_LOCK=1 bash scripts/ceph-rgw.sh start DIR BUCKET   # BUCKET with S3 Object Lock
 #   bash scripts/ceph-rgw.sh stop DIR             # stops the daemons (by PID) and removes DIR
 #
 # `start` writes DIR/credentials (mode 0600, for --credentials-file / [store] credentials_file)
-# and prints the endpoint. PORT (default 7480) sets the gateway's port.
+# and prints the endpoint. PORT (default 7480) sets the gateway's port, MON_PORT (default 3300)
+# the monitor's.
 set -euo pipefail
 cmd=${1:?usage: ceph-rgw.sh start|stop DIR [BUCKET]}
 D=${2:?usage: ceph-rgw.sh start|stop DIR [BUCKET]}
 BUCKET=${3:-blockvault}
 PORT=${PORT:-7480}
+MON_PORT=${MON_PORT:-3300}
 STORE=${STORE:-memstore}
 AK=BLOCKVAULTTESTKEY
 SK=blockvault-test-secret-key-0001
@@ -50,7 +53,7 @@ export CEPH_CONF=$D/ceph.conf
 cat > "$CEPH_CONF" <<CONF
 [global]
 fsid = $FSID
-mon host = v2:127.0.0.1:3300
+mon host = v2:127.0.0.1:$MON_PORT
 mon initial members = a
 public network = 127.0.0.0/8
 public addr = 127.0.0.1
@@ -95,7 +98,7 @@ ceph-authtool --create-keyring "$D/mon.keyring" --gen-key -n mon. --cap mon 'all
 ceph-authtool --create-keyring "$D/client.admin.keyring" --gen-key -n client.admin \
   --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
 ceph-authtool "$D/mon.keyring" --import-keyring "$D/client.admin.keyring" >/dev/null
-monmaptool --create --fsid "$FSID" --addv a '[v2:127.0.0.1:3300]' "$D/monmap" >/dev/null
+monmaptool --create --fsid "$FSID" --addv a "[v2:127.0.0.1:$MON_PORT]" "$D/monmap" >/dev/null
 ceph-mon --mkfs -i a --monmap "$D/monmap" --keyring "$D/mon.keyring"
 ceph-mon -f -i a >>"$D/log/mon.out" 2>&1 & echo $! > "$D/run/pid.mon"
 until ceph -s --connect-timeout 5 >/dev/null 2>&1; do sleep 0.2; done
@@ -113,6 +116,13 @@ until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do sleep 0.2; done
 radosgw-admin user create --uid=blockvault --display-name=blockvault \
   --access-key="$AK" --secret-key="$SK" >"$D/user.json"
 (umask 077; printf 'aws_access_key_id = %s\naws_secret_access_key = %s\n' "$AK" "$SK" >"$D/credentials")
-s3cmd --host="127.0.0.1:$PORT" --host-bucket= --no-ssl --access_key="$AK" --secret_key="$SK" \
-  mb "s3://$BUCKET" >/dev/null
+if [ "${OBJECT_LOCK:-0}" = 1 ]; then
+  # A bucket with S3 Object Lock (which turns on versioning); s3cmd cannot make one.
+  curl -sSf -X PUT --aws-sigv4 "aws:amz:us-east-1:s3" --user "$AK:$SK" \
+    -H "x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" \
+    -H "x-amz-bucket-object-lock-enabled: true" "http://127.0.0.1:$PORT/$BUCKET" >/dev/null
+else
+  s3cmd --host="127.0.0.1:$PORT" --host-bucket= --no-ssl --access_key="$AK" --secret_key="$SK" \
+    mb "s3://$BUCKET" >/dev/null
+fi
 echo "endpoint http://127.0.0.1:$PORT  bucket s3://$BUCKET  credentials $D/credentials"

@@ -549,6 +549,7 @@ fn vault_fields(v: &Vault) -> Fields {
         ("provider_id", json!(v.provider_id)),
         ("demand_billing", json!(v.demand_billing)),
         ("sys_lock_source_service", json!(v.sys_lock_source_service)),
+        ("object_lock", json!(v.object_lock)),
     ]
 }
 
@@ -582,6 +583,7 @@ fn show_vault(v: &Vault, json: bool) -> Result<()> {
         ("smn_notify", yes_no(v.smn_notify)),
         ("auto_expand", yes_no(v.auto_expand)),
         ("locked", yes_no(v.locked)),
+        ("object_lock", json!(v.object_lock)),
         ("policy", json!(v.backup_policy_id)),
         ("auto_bind", yes_no(v.auto_bind)),
         (

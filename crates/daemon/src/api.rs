@@ -113,7 +113,7 @@ fn billing_in(b: pb::Billing) -> BillingRow {
     }
 }
 
-fn vault_pb(view: VaultView) -> pb::Vault {
+fn vault_pb(c: &Control, view: VaultView) -> pb::Vault {
     let v = view.vault;
     let spec_code = match v.billing.object_type.as_str() {
         "server" => "vault.backup.server.normal",
@@ -183,6 +183,7 @@ fn vault_pb(view: VaultView) -> pb::Vault {
         enterprise_project_id: v.enterprise_project_id,
         provider_id: crate::vault::PROVIDER_ID.into(),
         demand_billing: v.demand_billing,
+        object_lock: crate::lockjob::vault_status(c, v.locked),
         sys_lock_source_service: v.sys_lock_source_service,
         threshold_events: v.threshold_events,
     }
@@ -613,14 +614,16 @@ impl pb::vaults_server::Vaults for Api {
                     sys_lock_source_service: r.sys_lock_source_service,
                 },
             )
-            .map(vault_pb)
+            .map(|v| vault_pb(c, v))
         })
         .await
     }
 
     async fn get(&self, req: Request<pb::GetVaultRequest>) -> Result<Response<pb::Vault>, Status> {
-        self.call(req, |c, who, r| c.get_vault(who, &r.vault_id).map(vault_pb))
-            .await
+        self.call(req, |c, who, r| {
+            c.get_vault(who, &r.vault_id).map(|v| vault_pb(c, v))
+        })
+        .await
     }
 
     async fn list(
@@ -635,7 +638,7 @@ impl pb::vaults_server::Vaults for Api {
             };
             let (vaults, next) = c.list_vaults(who, r.all_tenants, &page)?;
             Ok(pb::ListVaultsResponse {
-                vaults: vaults.into_iter().map(vault_pb).collect(),
+                vaults: vaults.into_iter().map(|v| vault_pb(c, v)).collect(),
                 next_marker: marker(next),
             })
         })
@@ -665,7 +668,7 @@ impl pb::vaults_server::Vaults for Api {
                     tags: r.replace_tags.then(|| tags_in(r.tags)),
                 },
             )
-            .map(vault_pb)
+            .map(|v| vault_pb(c, v))
         })
         .await
     }
@@ -691,7 +694,7 @@ impl pb::vaults_server::Vaults for Api {
                 &r.vault_id,
                 r.resources.into_iter().map(resource_in).collect(),
             )
-            .map(vault_pb)
+            .map(|v| vault_pb(c, v))
         })
         .await
     }
@@ -702,7 +705,7 @@ impl pb::vaults_server::Vaults for Api {
     ) -> Result<Response<pb::Vault>, Status> {
         self.call(req, |c, who, r| {
             c.remove_resources(who, &r.vault_id, &r.resource_ids)
-                .map(vault_pb)
+                .map(|v| vault_pb(c, v))
         })
         .await
     }

@@ -193,11 +193,22 @@ pub struct VolumesConfig {
 pub struct VaultsConfig {
     /// Resources (volumes and servers) one vault may bind.
     pub max_resources: usize,
+    /// On a bucket with S3 Object Lock, how a locked vault's backups are retained
+    /// (`compliance`: nobody can shorten it; `governance`: a user with
+    /// s3:BypassGovernanceRetention can).
+    pub object_lock_mode: blockvault_engine::RetentionMode,
+    /// Days of retention from each renewal (1..=36500); renewed when half is left.
+    pub object_lock_days: u64,
 }
 
 impl Default for VaultsConfig {
     fn default() -> Self {
-        VaultsConfig { max_resources: 256 }
+        let o = crate::objectlock::ObjectLockOptions::default();
+        VaultsConfig {
+            max_resources: 256,
+            object_lock_mode: o.mode,
+            object_lock_days: o.days,
+        }
     }
 }
 
@@ -329,6 +340,9 @@ impl Config {
         }
         if self.vaults.max_resources == 0 {
             return Err("vaults.max_resources must be at least 1".into());
+        }
+        if !(1..=36_500).contains(&self.vaults.object_lock_days) {
+            return Err("vaults.object_lock_days must be within 1..=36500".into());
         }
         if !(1024..=(256 << 20)).contains(&self.server.max_message_bytes) {
             return Err("server.max_message_bytes must be within 1024..=268435456".into());

@@ -266,6 +266,8 @@ pub struct ControlOptions {
     pub dedup: DedupScope,
     /// Key of the MACs on exported records (derived from the master key).
     pub record_key: Option<zeroize::Zeroizing<[u8; 32]>>,
+    /// Retention of locked vaults' backups in a bucket with S3 Object Lock.
+    pub object_lock: crate::objectlock::ObjectLockOptions,
 }
 
 impl ControlOptions {
@@ -279,6 +281,7 @@ impl ControlOptions {
             max_vault_resources: 256,
             dedup: DedupScope::Project,
             record_key: None,
+            object_lock: Default::default(),
         }
     }
 }
@@ -299,6 +302,7 @@ pub struct Control {
     pub(crate) max_vault_resources: usize,
     dedup: DedupScope,
     pub(crate) record_key: Option<zeroize::Zeroizing<[u8; 32]>>,
+    lock_keeper: Arc<crate::objectlock::LockKeeper>,
     changes: tokio::sync::watch::Sender<u64>,
     shutting_down: AtomicBool,
 }
@@ -351,6 +355,7 @@ impl Control {
             max_vault_resources: opts.max_vault_resources.max(1),
             dedup: opts.dedup,
             record_key: opts.record_key,
+            lock_keeper: Arc::new(crate::objectlock::LockKeeper::new(opts.object_lock)),
             changes: tokio::sync::watch::channel(0).0,
             events: tokio::sync::broadcast::channel(256).0,
             ledger: Mutex::new(()),
@@ -369,6 +374,11 @@ impl Control {
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// What a vault lock means in the store, and the bell of the job that renews it.
+    pub fn lock_keeper(&self) -> &Arc<crate::objectlock::LockKeeper> {
+        &self.lock_keeper
     }
 
     /// A receiver that changes whenever a job changes state.

@@ -122,6 +122,10 @@ impl Daemon {
             max_vault_resources: config.vaults.max_resources,
             dedup: config.volumes.dedup,
             record_key: Some(record_key),
+            object_lock: crate::objectlock::ObjectLockOptions {
+                mode: config.vaults.object_lock_mode,
+                days: config.vaults.object_lock_days,
+            },
         };
         let control = Control::open(Arc::new(engine), &dir.join("control"), opts)
             .map_err(anyhow::Error::msg)
@@ -260,6 +264,7 @@ impl Daemon {
             self.config.data_dir.clone(),
             maintenance,
         ));
+        let locks = tokio::spawn(crate::lockjob::keep_locked_vaults(control.clone()));
         let keep_days = self.config.jobs.keep_finished_days;
         let pruner = tokio::spawn({
             let c = control.clone();
@@ -299,6 +304,7 @@ impl Daemon {
         policies.abort();
         gc.abort();
         verify.abort();
+        locks.abort();
         pruner.abort();
         tokio::task::spawn_blocking(move || control.finish_shutdown(SHUTDOWN_WAIT)).await?;
         tracing::info!("blockvaultd stopped");

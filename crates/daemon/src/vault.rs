@@ -725,6 +725,9 @@ impl Control {
         bind_matching(&st, &mut v, self.max_vault_resources);
         Changes::vault(v.clone()).commit(&self.db, &mut st)?;
         tracing::info!(vault = %v.id, name = %v.name, size_gb = v.billing.size_gb, "vault created");
+        if v.locked {
+            self.lock_keeper().wake();
+        }
         Ok(view(&st, &v))
     }
 
@@ -837,6 +840,9 @@ impl Control {
         evaluate_threshold(&mut v, used, &mut events);
         emit(self, &v, used, events);
         Changes::vault(v.clone()).commit(&self.db, &mut st)?;
+        if v.locked {
+            self.lock_keeper().wake();
+        }
         Ok(view(&st, &v))
     }
 

@@ -36,7 +36,9 @@ use blockvault_store::{GcOptions, GcReport, Store, StoreConfig};
 use parking_lot::Mutex;
 
 pub use backup::BackupOptions;
-pub use blockvault_store::{RecoverFrom, RecoverReport, RecoveredBackup};
+pub use blockvault_store::{
+    ObjectLock, RecoverFrom, RecoverReport, RecoveredBackup, RetainReport, RetentionMode,
+};
 pub use error::{Error, Result};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use verify::{ChunkProblem, ManifestProblem, VerifyReport};
@@ -346,6 +348,26 @@ impl Engine {
     /// after a change of name, description or metadata).
     pub fn annotate(&self, id: &BackupId, annotation: &str) -> Result<()> {
         Ok(self.store.annotate(id, annotation)?)
+    }
+
+    /// Whether the store can keep objects under retention (S3 Object Lock); one request to a
+    /// bucket.
+    pub fn object_lock(&self) -> Result<ObjectLock> {
+        Ok(self.store.object_lock()?)
+    }
+
+    /// Keeps an available backup restorable from the bucket until `until` (unix seconds)
+    /// whatever anyone does with the bucket's credentials: its packs, manifest, record and
+    /// wrapped key go under S3 Object Lock retention in `mode`. Asks nothing when the backup is
+    /// already retained until `renew_after`. GC leaves retained packs alone.
+    pub fn retain_backup(
+        &self,
+        id: &BackupId,
+        mode: RetentionMode,
+        until: u64,
+        renew_after: u64,
+    ) -> Result<RetainReport> {
+        Ok(self.store.retain_backup(id, mode, until, renew_after)?)
     }
 
     /// Runs garbage collection (safe while backups and restores run).

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::pack::{PackSink, PackStorage};
+use crate::pack::{Object, ObjectLock, PackSink, PackStorage, RetentionMode};
 
 /// What to inject, each a probability per call.
 #[derive(Clone, Debug, Default)]
@@ -160,5 +160,13 @@ impl PackStorage for FaultyPacks {
     fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
         self.enter("catalog list")?;
         self.inner.list_meta(prefix)
+    }
+    fn object_lock(&self) -> io::Result<ObjectLock> {
+        self.enter("object lock")?;
+        self.inner.object_lock()
+    }
+    fn retain(&self, object: Object<'_>, mode: RetentionMode, until: u64) -> io::Result<u64> {
+        self.enter("retain")?;
+        self.inner.retain(object, mode, until)
     }
 }

@@ -39,6 +39,9 @@ pub struct GcReport {
     pub packs_deleted: u64,
     pub packs_rewritten: u64,
     pub orphan_packs_deleted: u64,
+    /// Packs GC would have deleted or rewritten but left alone: they are under S3 Object Lock
+    /// retention (see `retention.rs`).
+    pub packs_retained: u64,
     pub pack_bytes_before: u64,
     pub pack_bytes_after: u64,
 }
@@ -306,12 +309,16 @@ impl Store {
             *live.entry(loc.pack).or_default() += loc.entry_len();
         }
         let mut rewrite = HashSet::new();
+        let now = crate::retention::now_secs();
         for (id, info) in sealed {
             let l = live.get(&id).copied().unwrap_or(0);
-            if l == 0 {
+            let candidate = l == 0 || (l as f64) < opts.rewrite_below * info.size as f64;
+            if candidate && self.pack_is_retained(id, now)? {
+                r.packs_retained += 1;
+            } else if l == 0 {
                 self.forget_pack(id)?;
                 r.packs_deleted += 1;
-            } else if (l as f64) < opts.rewrite_below * info.size as f64 {
+            } else if candidate {
                 rewrite.insert(id);
             }
         }
@@ -357,6 +364,13 @@ impl Store {
         }
         self.commit_rewrite(writer, &mut moved)?;
         for id in rewrite {
+            // Retained since the snapshot: its chunks were not repointed (`commit_rewrite`),
+            // and it stays.
+            let _g = self.lifecycle.lock();
+            if self.pack_is_retained(id, now)? {
+                r.packs_retained += 1;
+                continue;
+            }
             self.forget_pack(id)?;
             r.packs_rewritten += 1;
         }
@@ -381,9 +395,18 @@ impl Store {
                 .map_err(|e| Error::io(self.packs.describe(id), e))?;
             let old: HashMap<ChunkId, ChunkLoc> = moved.drain(..).collect();
             let _g = self.lifecycle.lock();
+            let now = crate::retention::now_secs();
             let mut b = WriteBatch::default();
             for (cid, new_loc) in &entries {
-                if self.chunk_location(cid)? == old.get(cid).copied() {
+                let Some(was) = old.get(cid).copied() else {
+                    continue;
+                };
+                // A pack retained since GC chose it keeps its chunks where a retention covers
+                // them; the copy stays unreferenced and a later GC removes it.
+                if self.pack_is_retained(was.pack, now)? {
+                    continue;
+                }
+                if self.chunk_location(cid)? == Some(was) {
                     b.put_cf(self.cf(CF_CHUNKS), cid.as_bytes(), new_loc.encode());
                 }
             }
@@ -407,9 +430,10 @@ impl Store {
         self.db
             .delete_cf_opt(self.cf(CF_PACKS), id.0, &wo)
             .map_err(Error::db("forget pack"))?;
-        self.db
-            .delete_cf(self.cf(crate::index::CF_VERIFIED), id.0)
-            .map_err(Error::db("forget pack"))?;
+        let mut b = WriteBatch::default();
+        b.delete_cf(self.cf(crate::index::CF_VERIFIED), id.0);
+        self.forget_retention(&mut b, id);
+        self.db.write(b).map_err(Error::db("forget pack"))?;
         self.packs
             .delete(id)
             .map_err(|e| Error::io(self.packs.describe(id), e))

@@ -38,7 +38,10 @@ pub(crate) const CF_PACKS: &str = "packs";
 /// Pack id -> when verify last found the whole pack intact (unix seconds, u64 LE). Added in
 /// place: an index without it gets it at open; a recovered index starts without entries.
 pub(crate) const CF_VERIFIED: &str = "verified";
-const ALL_CFS: [&str; 7] = [
+/// `p` + pack id, or `b` + backup id -> until when it is kept under S3 Object Lock retention
+/// (unix seconds, u64 LE); see `retention.rs`. Added in place like `verified`.
+pub(crate) const CF_RETAINED: &str = "retained";
+const ALL_CFS: [&str; 8] = [
     CF_CHUNKS,
     CF_REFS,
     CF_BACKUPS,
@@ -46,6 +49,7 @@ const ALL_CFS: [&str; 7] = [
     CF_KEYS,
     CF_PACKS,
     CF_VERIFIED,
+    CF_RETAINED,
 ];
 
 /// Where a chunk's entry lives: `offset` is the entry header's position in the pack.
@@ -868,6 +872,7 @@ impl Store {
         }
         self.delete_catalog_backup(id)?;
         self.drop_references(id)?;
+        self.forget_backup_retention(id)?;
         let mut wo = WriteOptions::default();
         wo.set_sync(true);
         self.db

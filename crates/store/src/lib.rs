@@ -25,7 +25,9 @@ mod gc;
 mod index;
 mod pack;
 mod recover;
+mod retention;
 mod s3;
+mod s3_lock;
 mod trailer;
 
 pub use catalog::MAX_ANNOTATION;
@@ -34,7 +36,11 @@ pub use error::{Error, Result};
 pub use faulty::{FaultCounts, Faults, FaultyPacks};
 pub use gc::{GcOptions, GcReport};
 pub use index::{ActiveGuard, ChunkLoc, PackInfo, RefBatch, Store, StoreStats};
-pub use pack::{EntryBytes, LocalPacks, MemoryPacks, PackSink, PackStorage, PackWriter};
+pub use pack::{
+    EntryBytes, LocalPacks, MemoryPacks, Object, ObjectLock, PackSink, PackStorage, PackWriter,
+    RetentionMode,
+};
 pub use recover::{RecoverFrom, RecoverReport, RecoveredBackup};
+pub use retention::RetainReport;
 pub use s3::{RequestCounts, S3Packs, S3Settings, PARTS_IN_FLIGHT, PART_SIZE};
 pub use trailer::PackListing;

@@ -74,6 +74,60 @@ pub trait PackStorage: Send + Sync + 'static {
     fn delete_meta(&self, name: &str) -> io::Result<()>;
     /// Names of the catalog objects that start with `prefix` (which ends in `/`), sorted.
     fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>>;
+
+    /// Whether objects can be placed under retention (S3 Object Lock), and if not, why.
+    fn object_lock(&self) -> io::Result<ObjectLock> {
+        Ok(ObjectLock::Unavailable(format!(
+            "{} cannot keep objects under retention",
+            self.location()
+        )))
+    }
+    /// Keeps `object` from being deleted or overwritten until `until` (unix seconds) at least,
+    /// and returns the retention it now has (later than `until` when it already had a later
+    /// one). A backend without [`PackStorage::object_lock`] answers `Unsupported`.
+    fn retain(&self, object: Object<'_>, mode: RetentionMode, until: u64) -> io::Result<u64> {
+        let _ = (object, mode, until);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{} cannot keep objects under retention", self.location()),
+        ))
+    }
+}
+
+/// An object of a pack storage: a pack, or a catalog object by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Object<'a> {
+    Pack(PackId),
+    Meta(&'a str),
+}
+
+/// Whether a pack storage can hold objects under retention.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectLock {
+    /// It can (a bucket with S3 Object Lock enabled).
+    Available,
+    /// It cannot; the reason, for the operator.
+    Unavailable(String),
+}
+
+/// S3 Object Lock retention modes. Under `Compliance` nobody can shorten the retention or
+/// delete the object before it ends; under `Governance` a user with the
+/// `s3:BypassGovernanceRetention` permission can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    Governance,
+    Compliance,
+}
+
+impl RetentionMode {
+    /// The name S3 uses (`GOVERNANCE`, `COMPLIANCE`).
+    pub fn as_s3(self) -> &'static str {
+        match self {
+            RetentionMode::Governance => "GOVERNANCE",
+            RetentionMode::Compliance => "COMPLIANCE",
+        }
+    }
 }
 
 /// A pack being written.
@@ -356,6 +410,50 @@ fn create_dirs_durably(dir: &Path) -> io::Result<()> {
 pub struct MemoryPacks {
     packs: Arc<RwLock<HashMap<PackId, Arc<Vec<u8>>>>>,
     meta: RwLock<std::collections::BTreeMap<String, Vec<u8>>>,
+    /// With [`MemoryPacks::with_object_lock`]: objects under retention and until when.
+    retained: Option<Mutex<HashMap<String, u64>>>,
+    /// Objects deleted while under retention: a locked bucket is versioned, so such a delete
+    /// only hides the object behind a delete marker and the retained version stays.
+    hidden_retained: Mutex<Vec<String>>,
+}
+
+impl MemoryPacks {
+    /// Memory packs that behave like a bucket with S3 Object Lock enabled.
+    pub fn with_object_lock() -> MemoryPacks {
+        MemoryPacks {
+            retained: Some(Mutex::default()),
+            ..MemoryPacks::default()
+        }
+    }
+
+    /// The retention of `object` (unix seconds), if it has one.
+    pub fn retention(&self, object: Object<'_>) -> Option<u64> {
+        let r = self.retained.as_ref()?;
+        r.lock().get(&memory_name(object)).copied()
+    }
+
+    /// Objects deleted while they were under retention (a bucket keeps them as noncurrent
+    /// versions).
+    pub fn hidden_retained(&self) -> Vec<String> {
+        self.hidden_retained.lock().clone()
+    }
+
+    /// Notes a delete of `object` that a locked bucket would only hide.
+    fn note_delete(&self, object: Object<'_>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.retention(object).is_some_and(|until| until > now) {
+            self.hidden_retained.lock().push(memory_name(object));
+        }
+    }
+}
+
+fn memory_name(object: Object<'_>) -> String {
+    match object {
+        Object::Pack(id) => format!("pack {id}"),
+        Object::Meta(name) => format!("meta {name}"),
+    }
 }
 
 struct MemorySink {
@@ -396,7 +494,9 @@ impl PackStorage for MemoryPacks {
             .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "read past pack end"))
     }
     fn delete(&self, id: PackId) -> io::Result<()> {
-        self.packs.write().remove(&id);
+        if self.packs.write().remove(&id).is_some() {
+            self.note_delete(Object::Pack(id));
+        }
         Ok(())
     }
     fn list_sized(&self) -> io::Result<Vec<(PackId, u64)>> {
@@ -412,6 +512,8 @@ impl PackStorage for MemoryPacks {
     }
     fn put_meta(&self, name: &str, body: &[u8]) -> io::Result<()> {
         crate::catalog::check_name(name)?;
+        // A locked bucket is versioned: a PUT over a retained object adds a version and the
+        // retained one stays. Memory keeps one version, so the retention stays on the name.
         self.meta.write().insert(name.to_string(), body.to_vec());
         Ok(())
     }
@@ -419,7 +521,9 @@ impl PackStorage for MemoryPacks {
         Ok(self.meta.read().get(name).cloned())
     }
     fn delete_meta(&self, name: &str) -> io::Result<()> {
-        self.meta.write().remove(name);
+        if self.meta.write().remove(name).is_some() {
+            self.note_delete(Object::Meta(name));
+        }
         Ok(())
     }
     fn list_meta(&self, prefix: &str) -> io::Result<Vec<String>> {
@@ -430,6 +534,34 @@ impl PackStorage for MemoryPacks {
             .filter(|k| k.starts_with(prefix))
             .cloned()
             .collect())
+    }
+    fn object_lock(&self) -> io::Result<ObjectLock> {
+        Ok(match self.retained {
+            Some(_) => ObjectLock::Available,
+            None => ObjectLock::Unavailable("memory packs without object lock".into()),
+        })
+    }
+    fn retain(&self, object: Object<'_>, _mode: RetentionMode, until: u64) -> io::Result<u64> {
+        let Some(r) = &self.retained else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "memory packs without object lock",
+            ));
+        };
+        let exists = match object {
+            Object::Pack(id) => self.packs.read().contains_key(&id),
+            Object::Meta(name) => self.meta.read().contains_key(name),
+        };
+        if !exists {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{object:?}: not found"),
+            ));
+        }
+        let mut r = r.lock();
+        let t = r.entry(memory_name(object)).or_default();
+        *t = (*t).max(until);
+        Ok(*t)
     }
 }
 

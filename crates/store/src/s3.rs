@@ -36,7 +36,8 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
 use crate::error::{Error, Result};
-use crate::pack::{PackSink, PackStorage};
+use crate::pack::{Object, ObjectLock, PackSink, PackStorage, RetentionMode};
+use crate::s3_lock::S3Lock;
 
 /// Size of one multipart part; packs up to this size are uploaded with one PUT.
 pub const PART_SIZE: usize = 8 << 20;
@@ -307,6 +308,7 @@ fn merged_requests(ranges: &[Range<u64>]) -> u64 {
 pub struct S3Packs {
     settings: S3Settings,
     s3: Arc<AmazonS3>,
+    lock: Arc<S3Lock>,
     counts: Arc<RequestCounts>,
     /// Taken on drop and shut down in the background: dropping a runtime inside another
     /// runtime's thread would panic.
@@ -371,6 +373,18 @@ where
     }
 }
 
+/// HTTP options of every request to the bucket.
+fn client_options(settings: &S3Settings) -> ClientOptions {
+    let http = settings
+        .endpoint
+        .as_deref()
+        .is_some_and(|ep| ep.starts_with("http://"));
+    ClientOptions::new()
+        .with_timeout(Duration::from_secs(120))
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_allow_http(http)
+}
+
 impl S3Packs {
     /// Connects to the bucket (no request is made until the first call).
     pub fn new(settings: S3Settings) -> Result<S3Packs> {
@@ -379,8 +393,8 @@ impl S3Packs {
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&settings.bucket)
             .with_region(&settings.region)
-            .with_access_key_id(creds.access_key_id)
-            .with_secret_access_key(creds.secret_access_key)
+            .with_access_key_id(&creds.access_key_id)
+            .with_secret_access_key(&creds.secret_access_key)
             .with_virtual_hosted_style_request(!settings.path_style)
             .with_retry(RetryConfig {
                 backoff: BackoffConfig {
@@ -391,18 +405,19 @@ impl S3Packs {
                 max_retries: 6,
                 retry_timeout: Duration::from_secs(120),
             })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_timeout(Duration::from_secs(120))
-                    .with_connect_timeout(Duration::from_secs(10)),
-            );
+            .with_client_options(client_options(&settings));
+        let credential = object_store::aws::AwsCredential {
+            key_id: creds.access_key_id,
+            secret_key: creds.secret_access_key,
+            token: creds.session_token.clone(),
+        };
+        let lock = S3Lock::new(&settings, credential, &client_options(&settings))
+            .map_err(|e| Error::Config(format!("S3 bucket {}: {e}", settings.url())))?;
         if let Some(t) = creds.session_token {
             b = b.with_token(t);
         }
         if let Some(ep) = &settings.endpoint {
-            b = b
-                .with_endpoint(ep)
-                .with_allow_http(ep.starts_with("http://"));
+            b = b.with_endpoint(ep);
         }
         let s3 = b
             .build()
@@ -416,6 +431,7 @@ impl S3Packs {
         Ok(S3Packs {
             settings,
             s3: Arc::new(s3),
+            lock: Arc::new(lock),
             counts: Arc::default(),
             rt: Some(rt),
         })
@@ -656,6 +672,35 @@ impl PackStorage for S3Packs {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    fn object_lock(&self) -> io::Result<ObjectLock> {
+        RequestCounts::add(&self.counts.other, 1);
+        let lock = self.lock.clone();
+        self.run(async move { lock.configuration().await })
+    }
+
+    fn retain(&self, object: Object<'_>, mode: RetentionMode, until: u64) -> io::Result<u64> {
+        let key = match object {
+            Object::Pack(id) => self.pack_key(id),
+            Object::Meta(name) => self.meta_key(name)?,
+        };
+        RequestCounts::add(&self.counts.other, 1);
+        let lock = self.lock.clone();
+        self.run(async move {
+            let mut delay = Duration::from_millis(200);
+            let mut n = 1;
+            loop {
+                match lock.put_retention(key.as_ref(), mode, until).await {
+                    Err(e) if n < ATTEMPTS && e.kind() == io::ErrorKind::Other => {
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                        n += 1;
+                    }
+                    r => return r,
+                }
+            }
+        })
     }
 }
 
