@@ -47,6 +47,19 @@ pub(crate) enum Kind {
     Record = 4,
 }
 
+impl Kind {
+    /// The kind of a kind byte.
+    pub(crate) fn from_byte(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Config,
+            2 => Kind::Key,
+            3 => Kind::ManifestPart,
+            4 => Kind::Record,
+            _ => return None,
+        })
+    }
+}
+
 /// True for names the catalog makes: `/`-separated segments of `[A-Za-z0-9._-]` that do not
 /// start with a dot. Anything else (`..`, absolute paths, empty segments) is refused before it
 /// reaches a file system or a bucket.

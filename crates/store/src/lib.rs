@@ -21,6 +21,8 @@ mod catalog;
 mod config;
 mod error;
 mod faulty;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 mod index;
 mod pack;
