@@ -177,9 +177,7 @@ fn from_trailer(
         let raw_len = u32::from_le_bytes(e[44..48].try_into().expect("4 bytes"));
         // A MAC that checks was made by this store's writer, which only writes entries in
         // order; check anyway, so no location ever points outside the entries.
-        let stop = offset
-            .checked_add(PACK_ENTRY_HEADER_LEN + u64::from(len))
-            .unwrap_or(u64::MAX);
+        let stop = offset.saturating_add(PACK_ENTRY_HEADER_LEN + u64::from(len));
         if offset != next || stop > end || len > MAX_ENVELOPE {
             return Err(format!("trailer entry at {offset} is out of place"));
         }
