@@ -32,6 +32,12 @@ fn packs_of(engine: &Engine, id: &BackupId) -> BTreeSet<PackId> {
     out
 }
 
+/// The packs the storage holds.
+fn listed(engine: &Engine) -> BTreeSet<PackId> {
+    let packs = engine.store().pack_storage().list().unwrap();
+    packs.into_iter().collect()
+}
+
 #[test]
 fn retained_packs_outlive_a_delete_and_gc_leaves_them_alone() {
     let dir = tempfile::tempdir().unwrap();
@@ -105,14 +111,10 @@ fn retained_packs_outlive_a_delete_and_gc_leaves_them_alone() {
     assert!(hidden.iter().any(|n| n.ends_with("/record")), "{hidden:?}");
     let gc = engine.gc().unwrap();
     assert_eq!(gc.packs_retained, a_packs.len() as u64, "{gc:?}");
-    let listed: BTreeSet<PackId> = engine
-        .store()
-        .pack_storage()
-        .list()
-        .unwrap()
-        .into_iter()
-        .collect();
-    assert!(a_packs.is_subset(&listed), "GC removed a retained pack");
+    assert!(
+        a_packs.is_subset(&listed(&engine)),
+        "GC removed a retained pack"
+    );
     assert!(
         !packs
             .hidden_retained()
@@ -127,14 +129,7 @@ fn retained_packs_outlive_a_delete_and_gc_leaves_them_alone() {
     engine.delete(&b.id).unwrap();
     let gc = engine.gc().unwrap();
     assert_eq!(gc.packs_deleted, b_packs.len() as u64, "{gc:?}");
-    let listed: BTreeSet<PackId> = engine
-        .store()
-        .pack_storage()
-        .list()
-        .unwrap()
-        .into_iter()
-        .collect();
-    assert!(listed.is_disjoint(&b_packs));
+    assert!(listed(&engine).is_disjoint(&b_packs));
 }
 
 #[test]
