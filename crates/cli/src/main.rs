@@ -20,8 +20,12 @@ use blockvault_engine::{
 use blockvault_store::{Backend, S3Settings, StoreConfig};
 use clap::{Args, Parser, Subcommand};
 
+mod client;
 mod remote;
+mod render;
 mod vault;
+
+use render::{human, print_json};
 
 #[derive(Parser)]
 #[command(
@@ -269,26 +273,6 @@ fn engine(s: &StoreArg) -> Result<Engine> {
 
 fn parse_backup(s: &str) -> Result<BackupId> {
     Ok(s.parse::<BackupId>()?)
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
-fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
 }
 
 fn print_list(records: &[BackupRecord]) {

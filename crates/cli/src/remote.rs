@@ -1,16 +1,7 @@
-//! `blockvault volume|backup|job ...`: drive a running `blockvaultd` over gRPC. The vault and
-//! policy commands (`crate::vault`) share the connection, error and output helpers defined here.
-//!
-//! Every call carries the caller's token in the `x-auth-token` metadata entry. The endpoint and
-//! the token default to the files the daemon writes into its data directory (`listen.addr`,
-//! `admin.token`), so on the daemon's machine `--data-dir` is all that is needed.
-//!
-//! Output is text by default and JSON with `--json`: prost messages do not implement `Serialize`,
-//! so each message type has one function listing its fields in order, used for both renderings.
+//! `blockvault volume|backup|job|gc ...`: drive a running `blockvaultd` over gRPC (connection in
+//! `client.rs`, output in `render.rs`); `vault` and `policy` commands are in `vault.rs`.
 //! gRPC errors are reported as `CODE_NAME: message` (e.g. `NOT_FOUND: backup ... not found`).
-use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,58 +9,19 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use blockvault_proto::v1::{
-    backups_client::BackupsClient, jobs_client::JobsClient, policies_client::PoliciesClient,
-    vaults_client::VaultsClient, volumes_client::VolumesClient, Backup, BackupRecord,
-    BackupSummary, CancelJobRequest, CreateBackupRequest, CreateBackupResponse,
-    DeleteBackupRequest, ExportRecordRequest, GetBackupRequest, GetJobRequest, GetVolumeRequest,
-    Job, ListBackupsRequest, ListBackupsResponse, ListJobsRequest, ListVolumesRequest, Metadata,
-    RegisterVolumeRequest, RestoreBackupRequest, RestoreBackupResponse, Tag,
-    UnregisterVolumeRequest, UpdateBackupRequest, UpdateVolumeRequest, Volume, WatchJobRequest,
+    jobs_client::JobsClient, Backup, BackupRecord, BackupSummary, CancelJobRequest,
+    CreateBackupRequest, CreateBackupResponse, DeleteBackupRequest, ExportRecordRequest,
+    GetBackupRequest, GetJobRequest, GetVolumeRequest, Job, ListBackupsRequest,
+    ListBackupsResponse, ListJobsRequest, ListVolumesRequest, Metadata, RegisterVolumeRequest,
+    RestoreBackupRequest, RestoreBackupResponse, UnregisterVolumeRequest, UpdateBackupRequest,
+    UpdateVolumeRequest, Volume, WatchJobRequest,
 };
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
 
+use crate::client::{connect, grpc, parse_kv, tags, Clients, Conn, Svc};
+use crate::render::{cell, human, map_json, obj, opt, print_json, show, tags_json, Fields};
 use crate::vault::{PolicyArgs, VaultArgs};
-use crate::{human, print_json};
-
-/// Port the daemon listens on by default.
-const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8750";
-
-/// How to reach the daemon, and how to print answers; shared by every remote command.
-#[derive(Args, Debug, Clone)]
-#[command(next_help_heading = "Daemon options")]
-pub struct Conn {
-    /// gRPC endpoint of blockvaultd [default: http:// + the address in <data-dir>/listen.addr,
-    /// else http://127.0.0.1:8750].
-    #[arg(long, value_name = "URL", env = "BLOCKVAULT_ENDPOINT", global = true)]
-    endpoint: Option<String>,
-    /// Token sent in the x-auth-token metadata entry [default: contents of
-    /// <data-dir>/admin.token].
-    #[arg(
-        long,
-        value_name = "T",
-        env = "BLOCKVAULT_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
-    token: Option<String>,
-    /// The daemon's data directory on this machine (used to find the endpoint and token).
-    #[arg(
-        long,
-        value_name = "DIR",
-        env = "BLOCKVAULT_DATA_DIR",
-        default_value = "blockvault-data",
-        global = true
-    )]
-    data_dir: PathBuf,
-    /// Print machine-readable JSON instead of text.
-    #[arg(long, global = true)]
-    pub(crate) json: bool,
-}
 
 /// `blockvault volume ...`.
 #[derive(Args, Debug)]
@@ -345,118 +297,6 @@ pub fn run(cmd: Remote) -> Result<ExitCode> {
     })
 }
 
-// ------------------------------------------------------------------------------ connection
-
-/// Adds the token to every request.
-#[derive(Clone)]
-pub(crate) struct Auth(MetadataValue<Ascii>);
-
-impl tonic::service::Interceptor for Auth {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        req.metadata_mut()
-            .insert(blockvault_proto::AUTH_HEADER, self.0.clone());
-        Ok(req)
-    }
-}
-
-/// A channel wrapped with the token interceptor.
-pub(crate) type Svc = InterceptedService<Channel, Auth>;
-
-/// The service clients, sharing one connection.
-pub(crate) struct Clients {
-    volumes: VolumesClient<Svc>,
-    backups: BackupsClient<Svc>,
-    jobs: JobsClient<Svc>,
-    pub(crate) vaults: VaultsClient<Svc>,
-    pub(crate) policies: PoliciesClient<Svc>,
-    maintenance: blockvault_proto::v1::maintenance_client::MaintenanceClient<Svc>,
-}
-
-/// The endpoint URL: `--endpoint`, else `<data-dir>/listen.addr`, else the default port.
-fn endpoint_url(conn: &Conn) -> Result<String> {
-    let raw = match &conn.endpoint {
-        Some(e) => e.trim().to_string(),
-        None => {
-            let file = conn.data_dir.join("listen.addr");
-            match std::fs::read_to_string(&file) {
-                Ok(s) => {
-                    let s = s.trim();
-                    // A wildcard listen address is reached through the loopback interface.
-                    match s.parse::<SocketAddr>() {
-                        Ok(SocketAddr::V4(a)) if a.ip().is_unspecified() => {
-                            SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())).to_string()
-                        }
-                        Ok(SocketAddr::V6(a)) if a.ip().is_unspecified() => {
-                            SocketAddr::from((Ipv6Addr::LOCALHOST, a.port())).to_string()
-                        }
-                        _ => s.to_string(),
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Ok(DEFAULT_ENDPOINT.to_string())
-                }
-                Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-            }
-        }
-    };
-    if raw.is_empty() {
-        bail!("empty endpoint");
-    }
-    Ok(if raw.contains("://") {
-        raw
-    } else {
-        format!("http://{raw}")
-    })
-}
-
-/// The token: `--token`, else the contents of `<data-dir>/admin.token`.
-fn token(conn: &Conn) -> Result<String> {
-    let t = match &conn.token {
-        Some(t) => t.trim().to_string(),
-        None => {
-            let file = conn.data_dir.join("admin.token");
-            std::fs::read_to_string(&file)
-                .with_context(|| {
-                    format!(
-                        "no token: pass --token or set BLOCKVAULT_TOKEN (cannot read {})",
-                        file.display()
-                    )
-                })?
-                .trim()
-                .to_string()
-        }
-    };
-    if t.is_empty() {
-        bail!("empty token");
-    }
-    Ok(t)
-}
-
-/// Connects to the daemon.
-pub(crate) async fn connect(conn: &Conn) -> Result<Clients> {
-    let url = endpoint_url(conn)?;
-    let token: MetadataValue<Ascii> = token(conn)?
-        .parse()
-        .map_err(|_| anyhow!("the token contains characters not allowed in gRPC metadata"))?;
-    let channel = Endpoint::from_shared(url.clone())
-        .with_context(|| format!("invalid endpoint {url}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("UNAVAILABLE: cannot connect to {url}"))?;
-    let auth = Auth(token);
-    Ok(Clients {
-        volumes: VolumesClient::with_interceptor(channel.clone(), auth.clone()),
-        backups: BackupsClient::with_interceptor(channel.clone(), auth.clone()),
-        jobs: JobsClient::with_interceptor(channel.clone(), auth.clone()),
-        vaults: VaultsClient::with_interceptor(channel.clone(), auth.clone()),
-        policies: PoliciesClient::with_interceptor(channel.clone(), auth.clone()),
-        maintenance: blockvault_proto::v1::maintenance_client::MaintenanceClient::with_interceptor(
-            channel, auth,
-        ),
-    })
-}
-
 /// `blockvault gc`: runs garbage collection in the daemon now (admins only).
 async fn gc(conn: &Conn) -> Result<ExitCode> {
     let mut m = connect(conn).await?.maintenance;
@@ -492,131 +332,7 @@ async fn gc(conn: &Conn) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The canonical name of a gRPC status code, as in the gRPC specification.
-fn code_name(c: Code) -> &'static str {
-    match c {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-/// A gRPC status as an error: `CODE_NAME: message`.
-pub(crate) fn grpc(s: Status) -> anyhow::Error {
-    anyhow!("{}: {}", code_name(s.code()), s.message())
-}
-
-/// Parses `key=value`.
-pub(crate) fn parse_kv(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
-    }
-}
-
 // ---------------------------------------------------------------------------------- output
-
-/// A message's fields in display order; rendered as a JSON object or as `key: value` lines.
-pub(crate) type Fields = Vec<(&'static str, Value)>;
-
-/// The fields as a JSON object.
-pub(crate) fn obj(f: Fields) -> Value {
-    Value::Object(f.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-}
-
-/// A map as a JSON object.
-fn map_json(m: &HashMap<String, String>) -> Value {
-    Value::Object(
-        m.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
-}
-
-/// `key=value` pairs as `Tag`s.
-pub(crate) fn tags(kv: Vec<(String, String)>) -> Vec<Tag> {
-    kv.into_iter()
-        .map(|(key, value)| Tag { key, value })
-        .collect()
-}
-
-/// Tags as JSON, as in the message: `[{"key": k, "value": v}, ...]`.
-pub(crate) fn tags_json(t: &[Tag]) -> Value {
-    Value::Array(
-        t.iter()
-            .map(|t| json!({ "key": t.key, "value": t.value }))
-            .collect(),
-    )
-}
-
-/// A JSON value as text: strings bare, null, "", [] and {} as `-`, objects as `k=v, ...`,
-/// arrays as their items' texts joined by `, ` (a `{"key", "value"}` item as `key=value`).
-pub(crate) fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Array(a) if a.is_empty() => "-".into(),
-        Value::Array(a) => a
-            .iter()
-            .map(
-                |i| match (i.get("key").and_then(Value::as_str), i.get("value")) {
-                    (Some(k), Some(v)) if i.as_object().is_some_and(|m| m.len() == 2) => {
-                        format!(
-                            "{k}={}",
-                            v.as_str().map_or_else(|| v.to_string(), Into::into)
-                        )
-                    }
-                    _ => text(i),
-                },
-            )
-            .collect::<Vec<_>>()
-            .join(", "),
-        Value::Object(m) if m.is_empty() => "-".into(),
-        Value::Object(m) => m
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    v.as_str().map_or_else(|| v.to_string(), Into::into)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        v => v.to_string(),
-    }
-}
-
-/// Prints fields as JSON or as aligned `key: value` lines.
-pub(crate) fn show(f: Fields, json: bool) -> Result<()> {
-    if json {
-        return print_json(&obj(f));
-    }
-    let w = f.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    for (k, v) in &f {
-        println!("{:<w$} {}", format!("{k}:"), text(v));
-    }
-    Ok(())
-}
-
-/// An optional string as JSON (null when unset).
-fn opt(s: &Option<String>) -> Value {
-    s.as_ref().map_or(Value::Null, |s| Value::String(s.clone()))
-}
 
 /// Fields of a `Volume`.
 fn volume_fields(v: &Volume) -> Fields {
@@ -725,19 +441,6 @@ fn restore_json(r: &RestoreBackupResponse) -> Value {
 /// A `BackupRecord` as JSON.
 fn record_json(r: &BackupRecord) -> Value {
     json!({ "backup_service": r.backup_service, "backup_url": r.backup_url })
-}
-
-/// Column text: `-` for empty, cut to `w` characters.
-pub(crate) fn cell(s: &str, w: usize) -> String {
-    if s.is_empty() {
-        "-".into()
-    } else if s.chars().count() > w {
-        let mut t: String = s.chars().take(w.saturating_sub(1)).collect();
-        t.push('~');
-        t
-    } else {
-        s.to_string()
-    }
 }
 
 // -------------------------------------------------------------------------------- commands

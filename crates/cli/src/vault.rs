@@ -18,8 +18,8 @@ use blockvault_proto::v1::{
 use clap::{ArgGroup, Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::print_json;
-use crate::remote::{cell, connect, grpc, obj, parse_kv, show, tags, tags_json, Conn, Fields};
+use crate::client::{connect, grpc, parse_kv, tags, Conn};
+use crate::render::{cell, obj, print_json, show, tags_json, Fields};
 
 /// Resource type of a volume.
 const VOLUME_TYPE: &str = "OS::Cinder::Volume";

@@ -15,8 +15,9 @@ use blockvault_engine::RecoveredBackup;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::control::{Changes, Control};
+use crate::control::Control;
 use crate::model::{BackupRow, BackupStatus, ROW_VERSION};
+use crate::state::Changes;
 
 /// The row of a recovered backup whose annotation is missing or unreadable: visible to admins,
 /// named after its id.
@@ -64,7 +65,7 @@ impl Control {
             return Ok(0);
         }
         let rows: Vec<BackupRow> = self
-            .state
+            .rows
             .lock()
             .backups
             .values()
@@ -93,7 +94,7 @@ impl Control {
     /// Writes a row for every recovered backup this control database does not know; returns
     /// how many it wrote.
     pub fn adopt_recovered(&self, backups: &[RecoveredBackup]) -> Result<usize, String> {
-        let mut st = self.state.lock();
+        let mut st = self.rows.lock();
         let mut changes = Changes::default();
         for b in backups {
             let r = &b.record;
@@ -125,7 +126,7 @@ impl Control {
         }
         let n = changes.backups.len();
         changes
-            .commit(&self.db, &mut st)
+            .commit(&self.rows.db, &mut st)
             .map_err(|e| e.message().to_string())?;
         Ok(n)
     }

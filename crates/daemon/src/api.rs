@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{caller, Caller};
 use crate::control::{Control, CreateBackup, ListQuery};
+use crate::error::Error;
 use crate::export;
 use crate::model::{gib_ceil, BackupRow, BillingRow, JobRow, JobState, ResourceRow, VolumeRow};
 use crate::page::PageQuery;
@@ -36,7 +37,7 @@ impl Api {
     async fn call<Req, T>(
         &self,
         req: Request<Req>,
-        f: impl FnOnce(&Arc<Control>, &Caller, Req) -> Result<T, Status> + Send + 'static,
+        f: impl FnOnce(&Arc<Control>, &Caller, Req) -> Result<T, Error> + Send + 'static,
     ) -> Result<Response<T>, Status>
     where
         Req: Send + 'static,
@@ -49,6 +50,23 @@ impl Api {
             .await
             .map_err(|e| Status::internal(format!("request task failed: {e}")))?
             .map(Response::new)
+            .map_err(status)
+    }
+}
+
+/// The one mapping of the control plane's errors to gRPC status codes.
+pub fn status(e: Error) -> Status {
+    match e {
+        Error::InvalidArgument(m) => Status::invalid_argument(m),
+        Error::NotFound(m) => Status::not_found(m),
+        Error::Conflict(m) => Status::already_exists(m),
+        Error::Precondition(m) => Status::failed_precondition(m),
+        Error::Quota(m) => Status::resource_exhausted(m),
+        Error::PermissionDenied(m) => Status::permission_denied(m),
+        Error::Unauthenticated(m) => Status::unauthenticated(m),
+        Error::Cancelled(m) => Status::cancelled(m),
+        Error::Unavailable(m) => Status::unavailable(m),
+        Error::Internal(m) => Status::internal(m),
     }
 }
 
@@ -270,16 +288,17 @@ impl pb::volumes_server::Volumes for Api {
         req: Request<pb::RegisterVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         self.call(req, |c, who, r| {
-            c.register_volume(
-                who,
-                &r.id,
-                &r.name,
-                &r.path,
-                r.encrypted,
-                tags_in(r.tags),
-                &r.server_id,
-            )
-            .map(volume_pb)
+            c.volumes()
+                .register(
+                    who,
+                    &r.id,
+                    &r.name,
+                    &r.path,
+                    r.encrypted,
+                    tags_in(r.tags),
+                    &r.server_id,
+                )
+                .map(volume_pb)
         })
         .await
     }
@@ -294,7 +313,7 @@ impl pb::volumes_server::Volumes for Api {
                 offset: r.offset,
                 marker: r.marker,
             };
-            let (volumes, next) = c.list_volumes(who, r.all_tenants, &page)?;
+            let (volumes, next) = c.volumes().list(who, r.all_tenants, &page)?;
             Ok(pb::ListVolumesResponse {
                 volumes: volumes.into_iter().map(volume_pb).collect(),
                 next_marker: marker(next),
@@ -308,7 +327,7 @@ impl pb::volumes_server::Volumes for Api {
         req: Request<pb::GetVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         self.call(req, |c, who, r| {
-            c.get_volume(who, &r.volume_id).map(volume_pb)
+            c.volumes().get(who, &r.volume_id).map(volume_pb)
         })
         .await
     }
@@ -318,15 +337,16 @@ impl pb::volumes_server::Volumes for Api {
         req: Request<pb::UpdateVolumeRequest>,
     ) -> Result<Response<pb::Volume>, Status> {
         self.call(req, |c, who, r| {
-            c.update_volume(
-                who,
-                &r.volume_id,
-                r.name.as_deref(),
-                r.status.as_deref(),
-                r.replace_tags.then(|| tags_in(r.tags)),
-                r.server_id.as_deref(),
-            )
-            .map(volume_pb)
+            c.volumes()
+                .update(
+                    who,
+                    &r.volume_id,
+                    r.name.as_deref(),
+                    r.status.as_deref(),
+                    r.replace_tags.then(|| tags_in(r.tags)),
+                    r.server_id.as_deref(),
+                )
+                .map(volume_pb)
         })
         .await
     }
@@ -336,7 +356,8 @@ impl pb::volumes_server::Volumes for Api {
         req: Request<pb::UnregisterVolumeRequest>,
     ) -> Result<Response<pb::UnregisterVolumeResponse>, Status> {
         self.call(req, |c, who, r| {
-            c.unregister_volume(who, &r.volume_id)
+            c.volumes()
+                .unregister(who, &r.volume_id)
                 .map(|()| pb::UnregisterVolumeResponse {})
         })
         .await
@@ -350,7 +371,7 @@ impl pb::backups_server::Backups for Api {
         req: Request<pb::CreateBackupRequest>,
     ) -> Result<Response<pb::CreateBackupResponse>, Status> {
         self.call(req, |c, who, r| {
-            let (b, j) = c.create_backup(
+            let (b, j) = c.backups().create(
                 who,
                 CreateBackup {
                     volume_id: r.volume_id,
@@ -378,7 +399,7 @@ impl pb::backups_server::Backups for Api {
         req: Request<pb::ListBackupsRequest>,
     ) -> Result<Response<pb::ListBackupsResponse>, Status> {
         self.call(req, |c, who, r| {
-            let page = c.list_backups(
+            let page = c.backups().list(
                 who,
                 &ListQuery {
                     sort: r.sort,
@@ -417,7 +438,7 @@ impl pb::backups_server::Backups for Api {
         req: Request<pb::GetBackupRequest>,
     ) -> Result<Response<pb::Backup>, Status> {
         self.call(req, |c, who, r| {
-            let (b, dep) = c.get_backup(who, &r.backup_id)?;
+            let (b, dep) = c.backups().get(who, &r.backup_id)?;
             Ok(backup_pb(b, dep))
         })
         .await
@@ -428,7 +449,7 @@ impl pb::backups_server::Backups for Api {
         req: Request<pb::UpdateBackupRequest>,
     ) -> Result<Response<pb::Backup>, Status> {
         self.call(req, |c, who, r| {
-            let (b, dep) = c.update_backup(
+            let (b, dep) = c.backups().update(
                 who,
                 &r.backup_id,
                 r.name.as_deref(),
@@ -445,7 +466,8 @@ impl pb::backups_server::Backups for Api {
         req: Request<pb::DeleteBackupRequest>,
     ) -> Result<Response<pb::DeleteBackupResponse>, Status> {
         self.call(req, |c, who, r| {
-            c.delete_backup(who, &r.backup_id)
+            c.backups()
+                .delete(who, &r.backup_id)
                 .map(|()| pb::DeleteBackupResponse {})
         })
         .await
@@ -457,7 +479,8 @@ impl pb::backups_server::Backups for Api {
     ) -> Result<Response<pb::RestoreBackupResponse>, Status> {
         self.call(req, |c, who, r| {
             let (backup, volume, job) =
-                c.restore_backup(who, &r.backup_id, &r.volume_id, &r.name)?;
+                c.backups()
+                    .restore(who, &r.backup_id, &r.volume_id, &r.name)?;
             Ok(pb::RestoreBackupResponse {
                 backup_id: backup.to_string(),
                 volume_id: volume.id.to_string(),
@@ -499,7 +522,7 @@ type JobStream = Pin<Box<dyn Stream<Item = Result<pb::Job, Status>> + Send>>;
 #[tonic::async_trait]
 impl pb::jobs_server::Jobs for Api {
     async fn get(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
-        self.call(req, |c, who, r| c.get_job(who, &r.job_id).map(job_pb))
+        self.call(req, |c, who, r| c.jobs().get(who, &r.job_id).map(job_pb))
             .await
     }
 
@@ -513,7 +536,7 @@ impl pb::jobs_server::Jobs for Api {
                 offset: r.offset,
                 marker: r.marker,
             };
-            let (jobs, next) = c.list_jobs(who, r.all_tenants, &r.state, &page)?;
+            let (jobs, next) = c.jobs().list(who, r.all_tenants, &r.state, &page)?;
             Ok(pb::ListJobsResponse {
                 jobs: jobs.into_iter().map(job_pb).collect(),
                 next_marker: marker(next),
@@ -529,7 +552,7 @@ impl pb::jobs_server::Jobs for Api {
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let first = self
-            .call(req, |c, who, r| c.get_job(who, &r.job_id))
+            .call(req, |c, who, r| c.jobs().get(who, &r.job_id))
             .await?
             .into_inner();
         let control = self.control.clone();
@@ -538,7 +561,7 @@ impl pb::jobs_server::Jobs for Api {
             let mut changes = control.subscribe();
             let mut last: Option<pb::Job> = None;
             let id = first.id;
-            while let Some(row) = control.job_snapshot(&id) {
+            while let Some(row) = control.jobs().snapshot(&id) {
                 let done = row.state.is_final();
                 let msg = job_pb(row);
                 let changed = last.as_ref().is_none_or(|l| {
@@ -555,7 +578,7 @@ impl pb::jobs_server::Jobs for Api {
                 if done {
                     break;
                 }
-                if control.is_shutting_down() {
+                if control.jobs().is_shutting_down() {
                     let _ = tx
                         .send(Err(Status::unavailable("the daemon is shutting down")))
                         .await;
@@ -579,7 +602,7 @@ impl pb::jobs_server::Jobs for Api {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        self.call(req, |c, who, r| c.cancel_job(who, &r.job_id).map(job_pb))
+        self.call(req, |c, who, r| c.jobs().cancel(who, &r.job_id).map(job_pb))
             .await
     }
 }
@@ -593,35 +616,36 @@ impl pb::vaults_server::Vaults for Api {
         req: Request<pb::CreateVaultRequest>,
     ) -> Result<Response<pb::Vault>, Status> {
         self.call(req, |c, who, r| {
-            c.create_vault(
-                who,
-                VaultSpec {
-                    name: r.name,
-                    description: r.description,
-                    billing: r.billing.map(billing_in),
-                    resources: r.resources.into_iter().map(resource_in).collect(),
-                    tags: tags_in(r.tags),
-                    backup_policy_id: r.backup_policy_id,
-                    auto_bind: r.auto_bind,
-                    bind_rules: r.bind_rules.map(|b| tags_in(b.tags)).unwrap_or_default(),
-                    auto_expand: r.auto_expand,
-                    threshold: r.threshold,
-                    smn_notify: r.smn_notify,
-                    backup_name_prefix: r.backup_name_prefix,
-                    locked: r.locked,
-                    enterprise_project_id: r.enterprise_project_id,
-                    demand_billing: r.demand_billing,
-                    sys_lock_source_service: r.sys_lock_source_service,
-                },
-            )
-            .map(|v| vault_pb(c, v))
+            c.vaults()
+                .create(
+                    who,
+                    VaultSpec {
+                        name: r.name,
+                        description: r.description,
+                        billing: r.billing.map(billing_in),
+                        resources: r.resources.into_iter().map(resource_in).collect(),
+                        tags: tags_in(r.tags),
+                        backup_policy_id: r.backup_policy_id,
+                        auto_bind: r.auto_bind,
+                        bind_rules: r.bind_rules.map(|b| tags_in(b.tags)).unwrap_or_default(),
+                        auto_expand: r.auto_expand,
+                        threshold: r.threshold,
+                        smn_notify: r.smn_notify,
+                        backup_name_prefix: r.backup_name_prefix,
+                        locked: r.locked,
+                        enterprise_project_id: r.enterprise_project_id,
+                        demand_billing: r.demand_billing,
+                        sys_lock_source_service: r.sys_lock_source_service,
+                    },
+                )
+                .map(|v| vault_pb(c, v))
         })
         .await
     }
 
     async fn get(&self, req: Request<pb::GetVaultRequest>) -> Result<Response<pb::Vault>, Status> {
         self.call(req, |c, who, r| {
-            c.get_vault(who, &r.vault_id).map(|v| vault_pb(c, v))
+            c.vaults().get(who, &r.vault_id).map(|v| vault_pb(c, v))
         })
         .await
     }
@@ -636,7 +660,7 @@ impl pb::vaults_server::Vaults for Api {
                 offset: r.offset,
                 marker: r.marker,
             };
-            let (vaults, next) = c.list_vaults(who, r.all_tenants, &page)?;
+            let (vaults, next) = c.vaults().list(who, r.all_tenants, &page)?;
             Ok(pb::ListVaultsResponse {
                 vaults: vaults.into_iter().map(|v| vault_pb(c, v)).collect(),
                 next_marker: marker(next),
@@ -650,25 +674,26 @@ impl pb::vaults_server::Vaults for Api {
         req: Request<pb::UpdateVaultRequest>,
     ) -> Result<Response<pb::Vault>, Status> {
         self.call(req, |c, who, r| {
-            c.update_vault(
-                who,
-                &r.vault_id,
-                VaultUpdate {
-                    name: r.name,
-                    description: r.description,
-                    size_gb: r.size,
-                    auto_bind: r.auto_bind,
-                    bind_rules: r.bind_rules.map(|b| tags_in(b.tags)),
-                    auto_expand: r.auto_expand,
-                    threshold: r.threshold,
-                    smn_notify: r.smn_notify,
-                    backup_name_prefix: r.backup_name_prefix,
-                    locked: r.locked,
-                    backup_policy_id: r.backup_policy_id,
-                    tags: r.replace_tags.then(|| tags_in(r.tags)),
-                },
-            )
-            .map(|v| vault_pb(c, v))
+            c.vaults()
+                .update(
+                    who,
+                    &r.vault_id,
+                    VaultUpdate {
+                        name: r.name,
+                        description: r.description,
+                        size_gb: r.size,
+                        auto_bind: r.auto_bind,
+                        bind_rules: r.bind_rules.map(|b| tags_in(b.tags)),
+                        auto_expand: r.auto_expand,
+                        threshold: r.threshold,
+                        smn_notify: r.smn_notify,
+                        backup_name_prefix: r.backup_name_prefix,
+                        locked: r.locked,
+                        backup_policy_id: r.backup_policy_id,
+                        tags: r.replace_tags.then(|| tags_in(r.tags)),
+                    },
+                )
+                .map(|v| vault_pb(c, v))
         })
         .await
     }
@@ -678,7 +703,8 @@ impl pb::vaults_server::Vaults for Api {
         req: Request<pb::DeleteVaultRequest>,
     ) -> Result<Response<pb::DeleteVaultResponse>, Status> {
         self.call(req, |c, who, r| {
-            c.delete_vault(who, &r.vault_id)
+            c.vaults()
+                .delete(who, &r.vault_id)
                 .map(|()| pb::DeleteVaultResponse {})
         })
         .await
@@ -689,12 +715,13 @@ impl pb::vaults_server::Vaults for Api {
         req: Request<pb::AddResourcesRequest>,
     ) -> Result<Response<pb::Vault>, Status> {
         self.call(req, |c, who, r| {
-            c.add_resources(
-                who,
-                &r.vault_id,
-                r.resources.into_iter().map(resource_in).collect(),
-            )
-            .map(|v| vault_pb(c, v))
+            c.vaults()
+                .add_resources(
+                    who,
+                    &r.vault_id,
+                    r.resources.into_iter().map(resource_in).collect(),
+                )
+                .map(|v| vault_pb(c, v))
         })
         .await
     }
@@ -704,7 +731,8 @@ impl pb::vaults_server::Vaults for Api {
         req: Request<pb::RemoveResourcesRequest>,
     ) -> Result<Response<pb::Vault>, Status> {
         self.call(req, |c, who, r| {
-            c.remove_resources(who, &r.vault_id, &r.resource_ids)
+            c.vaults()
+                .remove_resources(who, &r.vault_id, &r.resource_ids)
                 .map(|v| vault_pb(c, v))
         })
         .await
@@ -719,8 +747,10 @@ impl pb::vaults_server::Vaults for Api {
         let who = caller(&req)?;
         let only = self
             .control
-            .check_vault_watch(&who, &req.get_ref().vault_id)?;
-        let mut events = self.control.vault_events();
+            .vaults()
+            .check_watch(&who, &req.get_ref().vault_id)
+            .map_err(status)?;
+        let mut events = self.control.vaults().events();
         let mut changes = self.control.subscribe();
         let control = self.control.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -752,7 +782,7 @@ impl pb::vaults_server::Vaults for Api {
                         Err(_) => break,
                     },
                     r = changes.changed() => {
-                        if r.is_err() || control.is_shutting_down() {
+                        if r.is_err() || control.jobs().is_shutting_down() {
                             break;
                         }
                     }
@@ -819,18 +849,19 @@ impl pb::policies_server::Policies for Api {
         req: Request<pb::CreatePolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
         self.call(req, |c, who, r| {
-            c.create_policy(
-                who,
-                &r.id,
-                PolicySpec {
-                    name: Some(r.name),
-                    enabled: Some(r.enabled),
-                    schedule: r.schedule.map(schedule_in),
-                    full_every: Some(r.full_every),
-                    retention: Some(retention_in(r.retention.unwrap_or_default())),
-                },
-            )
-            .map(policy_pb)
+            c.policies()
+                .create(
+                    who,
+                    &r.id,
+                    PolicySpec {
+                        name: Some(r.name),
+                        enabled: Some(r.enabled),
+                        schedule: r.schedule.map(schedule_in),
+                        full_every: Some(r.full_every),
+                        retention: Some(retention_in(r.retention.unwrap_or_default())),
+                    },
+                )
+                .map(policy_pb)
         })
         .await
     }
@@ -840,7 +871,7 @@ impl pb::policies_server::Policies for Api {
         req: Request<pb::GetPolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
         self.call(req, |c, who, r| {
-            c.get_policy(who, &r.policy_id).map(policy_pb)
+            c.policies().get(who, &r.policy_id).map(policy_pb)
         })
         .await
     }
@@ -852,7 +883,8 @@ impl pb::policies_server::Policies for Api {
         self.call(req, |c, who, r| {
             Ok(pb::ListPoliciesResponse {
                 policies: c
-                    .list_policies(who, r.all_tenants)?
+                    .policies()
+                    .list(who, r.all_tenants)?
                     .into_iter()
                     .map(policy_pb)
                     .collect(),
@@ -866,18 +898,19 @@ impl pb::policies_server::Policies for Api {
         req: Request<pb::UpdatePolicyRequest>,
     ) -> Result<Response<pb::Policy>, Status> {
         self.call(req, |c, who, r| {
-            c.update_policy(
-                who,
-                &r.policy_id,
-                PolicySpec {
-                    name: r.name,
-                    enabled: r.enabled,
-                    schedule: r.schedule.map(schedule_in),
-                    full_every: r.full_every,
-                    retention: r.retention.map(retention_in),
-                },
-            )
-            .map(policy_pb)
+            c.policies()
+                .update(
+                    who,
+                    &r.policy_id,
+                    PolicySpec {
+                        name: r.name,
+                        enabled: r.enabled,
+                        schedule: r.schedule.map(schedule_in),
+                        full_every: r.full_every,
+                        retention: r.retention.map(retention_in),
+                    },
+                )
+                .map(policy_pb)
         })
         .await
     }
@@ -887,7 +920,8 @@ impl pb::policies_server::Policies for Api {
         req: Request<pb::DeletePolicyRequest>,
     ) -> Result<Response<pb::DeletePolicyResponse>, Status> {
         self.call(req, |c, who, r| {
-            c.delete_policy(who, &r.policy_id)
+            c.policies()
+                .delete(who, &r.policy_id)
                 .map(|()| pb::DeletePolicyResponse {})
         })
         .await
@@ -902,12 +936,12 @@ impl pb::maintenance_server::Maintenance for Api {
     ) -> Result<Response<pb::GcReport>, Status> {
         self.call(req, |c, who, _| {
             if who.role != crate::config::Role::Admin {
-                return Err(Status::permission_denied(
+                return Err(Error::permission_denied(
                     "garbage collection is for admins only",
                 ));
             }
             let t = std::time::Instant::now();
-            let r = c.engine().gc().map_err(crate::control::engine_status)?;
+            let r = c.engine().gc().map_err(Error::from)?;
             Ok(pb::GcReport {
                 reclaimed_bytes: r.reclaimed_bytes(),
                 dead_refs: r.dead_refs,

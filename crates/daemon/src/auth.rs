@@ -14,6 +14,7 @@ use rand::RngCore;
 use tonic::{Request, Status};
 
 use crate::config::{Role, TokenConfig};
+use crate::error::Error;
 
 /// Name of the generated admin token file in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -35,9 +36,9 @@ impl Caller {
     }
 
     /// Refuses readers.
-    pub fn must_write(&self) -> Result<(), Status> {
+    pub fn must_write(&self) -> Result<(), Error> {
         if self.role == Role::Reader {
-            return Err(Status::permission_denied(format!(
+            return Err(Error::permission_denied(format!(
                 "user {} has the reader role in project {} and may not change anything",
                 self.user, self.project
             )));
@@ -46,9 +47,9 @@ impl Caller {
     }
 
     /// Refuses `all_tenants` for non-admins.
-    pub fn may_list_all(&self, all_tenants: bool) -> Result<(), Status> {
+    pub fn may_list_all(&self, all_tenants: bool) -> Result<(), Error> {
         if all_tenants && self.role != Role::Admin {
-            return Err(Status::permission_denied("all_tenants is for admins only"));
+            return Err(Error::permission_denied("all_tenants is for admins only"));
         }
         Ok(())
     }
@@ -87,6 +88,11 @@ impl Auth {
         }
     }
 
+    /// The caller a token stands for, if it is known (compared by hash).
+    pub fn lookup(&self, token: &str) -> Option<Caller> {
+        self.tokens.get(&digest(token.trim())).cloned()
+    }
+
     /// The tonic interceptor: attaches the caller or refuses the call.
     #[allow(clippy::result_large_err)]
     pub fn intercept(&self, mut req: Request<()>) -> Result<Request<()>, Status> {
@@ -97,10 +103,8 @@ impl Auth {
             .to_str()
             .map_err(|_| Status::unauthenticated("x-auth-token is not valid text"))?;
         let caller = self
-            .tokens
-            .get(&digest(token.trim()))
-            .ok_or_else(|| Status::unauthenticated("unknown token"))?
-            .clone();
+            .lookup(token)
+            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
         req.extensions_mut().insert(caller);
         Ok(req)
     }

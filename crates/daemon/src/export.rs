@@ -14,11 +14,11 @@
 use base64::Engine as _;
 use blockvault_core::{BackupId, BackupRecord, BackupState};
 use serde::{Deserialize, Serialize};
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::control::{engine_status, Control};
+use crate::control::Control;
+use crate::error::{Error, Result};
 use crate::model::BackupRow;
 
 /// Cinder's `backup_service` for blockvault records.
@@ -52,31 +52,31 @@ fn mac(key: &[u8; 32], payload: &str) -> blake3::Hash {
 
 /// Decodes a `backup_url` and checks its MAC under `key`. Untrusted input: every failure is an
 /// INVALID_ARGUMENT naming `backup_url`, never a panic.
-pub fn decode(url: &str, key: &[u8; 32]) -> Result<Exported, Status> {
+pub fn decode(url: &str, key: &[u8; 32]) -> Result<Exported> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(url.trim())
-        .map_err(|e| Status::invalid_argument(format!("backup_url: not base64: {e}")))?;
+        .map_err(|e| Error::invalid_argument(format!("backup_url: not base64: {e}")))?;
     let env: Envelope = serde_json::from_slice(&raw)
-        .map_err(|e| Status::invalid_argument(format!("backup_url: not a backup record: {e}")))?;
+        .map_err(|e| Error::invalid_argument(format!("backup_url: not a backup record: {e}")))?;
     if env.kind != KIND || env.format != EXPORT_VERSION {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid_argument(format!(
             "backup_url: unsupported backup record {:?} version {} (this daemon reads version \
              {EXPORT_VERSION})",
             env.kind, env.format
         )));
     }
     let given = blake3::Hash::from_hex(env.mac.as_bytes()).map_err(|_| {
-        Status::invalid_argument("backup_url: the record's mac is not 64 hex digits")
+        Error::invalid_argument("backup_url: the record's mac is not 64 hex digits")
     })?;
     // blake3::Hash compares in constant time.
     if given != mac(key, &env.payload) {
-        return Err(Status::invalid_argument(
+        return Err(Error::invalid_argument(
             "backup_url: the record's MAC does not check: it was altered, damaged, or exported \
              by a daemon with another master key",
         ));
     }
     serde_json::from_str(&env.payload)
-        .map_err(|e| Status::invalid_argument(format!("backup_url: record payload: {e}")))
+        .map_err(|e| Error::invalid_argument(format!("backup_url: record payload: {e}")))
 }
 
 /// Encodes a record with its MAC under `key` (the inverse of [`decode`]).
@@ -92,19 +92,19 @@ pub fn encode(e: &Exported, key: &[u8; 32]) -> String {
         .encode(serde_json::to_vec(&env).expect("envelope serializes"))
 }
 
-fn record_key(control: &Control) -> Result<&[u8; 32], Status> {
+fn record_key(control: &Control) -> Result<&[u8; 32]> {
     control
         .record_key
         .as_deref()
-        .ok_or_else(|| Status::failed_precondition("this daemon has no master key to sign records"))
+        .ok_or_else(|| Error::failed_precondition("this daemon has no master key to sign records"))
 }
 
 /// BLAKE3 over the backup's manifest blocks, in order.
-fn manifest_digest(control: &Control, id: &BackupId) -> Result<String, Status> {
+fn manifest_digest(control: &Control, id: &BackupId) -> Result<String> {
     let mut h = blake3::Hasher::new();
     let mut blocks = 0u32;
-    for b in control.engine().store().manifest(id) {
-        let b = b.map_err(|e| Status::failed_precondition(format!("manifest of {id}: {e}")))?;
+    for b in control.engine().manifest(id) {
+        let b = b.map_err(|e| Error::failed_precondition(format!("manifest of {id}: {e}")))?;
         h.update(&b.encode());
         blocks += 1;
     }
@@ -113,11 +113,11 @@ fn manifest_digest(control: &Control, id: &BackupId) -> Result<String, Status> {
 }
 
 /// Backups.ExportRecord: (backup_service, backup_url).
-pub fn export(control: &Control, caller: &Caller, id: &str) -> Result<(String, String), Status> {
+pub fn export(control: &Control, caller: &Caller, id: &str) -> Result<(String, String)> {
     let key = record_key(control)?;
-    let (backup, record) = control.exportable(caller, id)?;
+    let (backup, record) = control.backups().exportable(caller, id)?;
     let exported = Exported {
-        store_id: control.engine().store().config().store_id,
+        store_id: control.engine().store_id(),
         manifest_digest: manifest_digest(control, &record.id)?,
         backup,
         record,
@@ -126,54 +126,49 @@ pub fn export(control: &Control, caller: &Caller, id: &str) -> Result<(String, S
 }
 
 /// Backups.ImportRecord: checks the record against the local store and adds the backup.
-pub fn import(
-    control: &Control,
-    caller: &Caller,
-    service: &str,
-    url: &str,
-) -> Result<BackupRow, Status> {
+pub fn import(control: &Control, caller: &Caller, service: &str, url: &str) -> Result<BackupRow> {
     caller.must_write()?;
     if service != BACKUP_SERVICE {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid_argument(format!(
             "backup_service: {service:?} is not {BACKUP_SERVICE:?}"
         )));
     }
     let p = decode(url, record_key(control)?)?;
-    let ours = control.engine().store().config().store_id;
+    let ours = control.engine().store_id();
     if p.store_id != ours {
-        return Err(Status::failed_precondition(format!(
+        return Err(Error::failed_precondition(format!(
             "the record belongs to store {}, this daemon's store is {ours}; attach a copy of \
              that store first",
             p.store_id
         )));
     }
     if p.backup.id != p.record.id.0 {
-        return Err(Status::invalid_argument("backup record ids disagree"));
+        return Err(Error::invalid_argument("backup record ids disagree"));
     }
     let id = p.record.id;
     let local = match control.engine().get(&id) {
         Ok(r) => r,
         Err(blockvault_engine::Error::Store(blockvault_store::Error::BackupNotFound(_))) => {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "this daemon's store does not hold backup {id}"
             )))
         }
-        Err(e) => return Err(engine_status(e)),
+        Err(e) => return Err(e.into()),
     };
     if local.state != BackupState::Available || local != p.record {
-        return Err(Status::failed_precondition(format!(
+        return Err(Error::failed_precondition(format!(
             "the store's record of backup {id} differs from the imported one"
         )));
     }
     if manifest_digest(control, &id)? != p.manifest_digest {
-        return Err(Status::failed_precondition(format!(
+        return Err(Error::failed_precondition(format!(
             "the store's manifest of backup {id} differs from the exported one"
         )));
     }
     // What the backup is comes from the store's record, not from the submitted row.
     let mut row = p.backup;
     row.volume_id = Uuid::parse_str(local.volume_id.as_str()).map_err(|_| {
-        Status::failed_precondition(format!(
+        Error::failed_precondition(format!(
             "backup {id} belongs to volume {:?}, which is not a daemon volume id",
             local.volume_id.as_str()
         ))
@@ -186,5 +181,5 @@ pub fn import(
     row.object_count = local.object_count;
     row.stored_bytes = local.stored_bytes;
     row.snapshot_id = None;
-    control.insert_imported(caller, row)
+    control.backups().insert_imported(caller, row)
 }

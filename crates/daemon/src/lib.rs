@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! gRPC (tonic) --auth interceptor--> api (messages <-> rows) --spawn_blocking--> control
-//!   control: volumes, backups, jobs; rules of the Cinder Backups API; job scheduler;
-//!            rows in the control RocksDB (<data_dir>/control)
+//!   control: one view per resource (volumes, backups, jobs, vaults, policies) over the
+//!            rows (state: memory + the control RocksDB in <data_dir>/control), the vault
+//!            ledger (usage) and the scheduler (jobs); errors are error::Error
 //!   jobs (one thread each) --> blockvault-engine (backup / restore) --> chunk store
 //! ```
 //! The data plane is the same library the `blockvault local` CLI uses; the daemon adds names,
@@ -11,19 +12,26 @@
 pub mod adopt;
 pub mod api;
 pub mod auth;
+pub mod backups;
+pub mod check;
 pub mod config;
 pub mod control;
+pub mod error;
 pub mod export;
 pub mod hostpath;
+pub mod jobs;
 pub mod lockjob;
 pub mod model;
 pub mod objectlock;
 pub mod page;
 pub mod policy;
+pub mod runner;
 pub mod server;
+pub mod state;
 pub mod usage;
 pub mod vault;
 pub mod verify;
+pub mod volumes;
 
 pub use config::Config;
 pub use server::{start, Daemon, Running};

@@ -18,7 +18,7 @@ const RUN_EVERY: Duration = Duration::from_secs(3600);
 
 /// Available backups of locked vaults.
 fn locked_backups(control: &Control) -> Vec<Uuid> {
-    let st = control.state.lock();
+    let st = control.rows.lock();
     st.backups
         .values()
         .filter(|b| b.status == BackupStatus::Available)
@@ -68,7 +68,7 @@ pub fn run_once(control: &Control, keeper: &LockKeeper, probe: bool) -> usize {
                                "backup of a locked vault retained");
             }
             // Deleted or no longer available since the list was made.
-            Err(e) if !control.state.lock().backups.contains_key(&id) => {
+            Err(e) if !control.rows.lock().backups.contains_key(&id) => {
                 tracing::debug!(backup = %id, error = %e, "backup gone before its retention");
             }
             Err(e) => {
@@ -97,7 +97,7 @@ pub async fn keep_locked_vaults(control: Arc<Control>) {
     let mut jobs = control.subscribe();
     let mut probed: Option<std::time::Instant> = None;
     loop {
-        if control.is_shutting_down() {
+        if control.jobs().is_shutting_down() {
             return;
         }
         let probe = probed.is_none_or(|t| t.elapsed() >= RUN_EVERY);

@@ -3,8 +3,9 @@
 //! `osapi_max_limit`), so no answer grows with the number of rows a project holds.
 use std::ops::Range;
 
-use tonic::Status;
 use uuid::Uuid;
+
+use crate::error::{Error, Result};
 
 /// The most rows one List answer holds.
 pub const MAX_PAGE: usize = 1000;
@@ -24,14 +25,14 @@ pub fn window<T>(
     id: impl Fn(&T) -> Uuid,
     q: &PageQuery,
     what: &str,
-) -> Result<(Range<usize>, Option<Uuid>), Status> {
+) -> Result<(Range<usize>, Option<Uuid>), Error> {
     let mut start = 0usize;
     if !q.marker.is_empty() {
         let m = Uuid::parse_str(q.marker.trim()).map_err(|_| {
-            Status::invalid_argument(format!("marker: {:?} is not a UUID", q.marker))
+            Error::invalid_argument(format!("marker: {:?} is not a UUID", q.marker))
         })?;
         start = rows.iter().position(|r| id(r) == m).ok_or_else(|| {
-            Status::invalid_argument(format!("marker: {m} is not among the listed {what}"))
+            Error::invalid_argument(format!("marker: {m} is not among the listed {what}"))
         })? + 1;
     }
     let start = start.saturating_add(q.offset as usize).min(rows.len());

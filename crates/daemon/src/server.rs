@@ -237,7 +237,7 @@ impl Daemon {
         let control = self.control.clone();
         tokio::task::spawn_blocking({
             let c = control.clone();
-            move || c.dispatch()
+            move || c.jobs().dispatch()
         })
         .await?;
         let saver = tokio::spawn({
@@ -246,11 +246,11 @@ impl Daemon {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     let c = c.clone();
-                    let _ = tokio::task::spawn_blocking(move || c.save_progress()).await;
+                    let _ = tokio::task::spawn_blocking(move || c.jobs().save_progress()).await;
                 }
             }
         });
-        let policies = tokio::spawn(crate::policy::PolicyRunner::new(control.clone()).run());
+        let policies = tokio::spawn(crate::runner::PolicyRunner::new(control.clone()).run());
         // GC and the scheduled verify take turns: a verify must not read a pack GC is removing.
         let maintenance = Arc::new(tokio::sync::Mutex::new(()));
         let gc = tokio::spawn(scheduled_gc(
@@ -271,7 +271,7 @@ impl Daemon {
             async move {
                 loop {
                     let c2 = c.clone();
-                    let _ = tokio::task::spawn_blocking(move || c2.prune_jobs(keep_days)).await;
+                    let _ = tokio::task::spawn_blocking(move || c2.jobs().prune(keep_days)).await;
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                 }
             }
@@ -288,7 +288,7 @@ impl Daemon {
                 reporter.set_not_serving::<VaultsServer<Api>>().await;
                 reporter.set_not_serving::<PoliciesServer<Api>>().await;
                 reporter.set_not_serving::<MaintenanceServer<Api>>().await;
-                c.begin_shutdown();
+                c.jobs().begin_shutdown();
             }
         };
         let served = router
@@ -306,7 +306,7 @@ impl Daemon {
         verify.abort();
         locks.abort();
         pruner.abort();
-        tokio::task::spawn_blocking(move || control.finish_shutdown(SHUTDOWN_WAIT)).await?;
+        tokio::task::spawn_blocking(move || control.jobs().finish_shutdown(SHUTDOWN_WAIT)).await?;
         tracing::info!("blockvaultd stopped");
         served.context("gRPC server")
     }
@@ -320,7 +320,7 @@ async fn scheduled_gc(control: Arc<Control>, interval: u64, turn: Arc<tokio::syn
     }
     loop {
         tokio::time::sleep(Duration::from_secs(interval)).await;
-        if control.is_shutting_down() {
+        if control.jobs().is_shutting_down() {
             return;
         }
         let _turn = turn.lock().await;

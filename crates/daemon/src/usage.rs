@@ -24,15 +24,18 @@
 //! stored for another vault or for a deleted backup), so the capacity check runs on the charged
 //! figure; a backup that does not fit is uncharged and failed with RESOURCE_EXHAUSTED.
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use blockvault_core::{BackupId, ChunkId, ManifestBlock, ManifestEntry};
+use blockvault_engine::Engine;
+use parking_lot::Mutex;
 use rocksdb::{Direction, IteratorMode, WriteBatch};
 use uuid::Uuid;
 
-use crate::control::Control;
 use crate::model::{
     BackupStatus, ControlDb, DbError, CF_VAULT_CHARGES, CF_VAULT_CHUNKS, CF_VAULT_USED,
 };
+use crate::state::Rows;
 
 /// The manifest blocks of a backup counted in a vault.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -189,14 +192,15 @@ impl ControlDb {
 /// charge row, atomically. Returns the vault's used bytes afterwards.
 /// The caller holds the ledger lock.
 fn apply_block(
-    control: &Control,
+    rows: &Rows,
+    engine: &Engine,
     vault: &Uuid,
     backup: &Uuid,
     block: &ManifestBlock,
     add: bool,
     next: Charge,
 ) -> Result<u64, String> {
-    let db = &control.db;
+    let db = &rows.db;
     let mut occurrences: HashMap<ChunkId, u64> = HashMap::new();
     for e in &block.entries {
         if let ManifestEntry::Chunk { id, .. } = e {
@@ -221,12 +225,10 @@ fn apply_block(
         };
         let new = if add {
             if old == 0 {
-                size = control
-                    .engine()
-                    .store()
-                    .chunk_location(id)
+                size = engine
+                    .stored_size(id)
                     .map_err(|e| e.to_string())?
-                    .map_or(0, |l| l.entry_len());
+                    .unwrap_or(0);
                 used += size;
             }
             old + n
@@ -262,7 +264,7 @@ fn apply_block(
     db.db
         .write(b)
         .map_err(|e| format!("vault ledger write: {e}"))?;
-    control.state.lock().usage.insert(*vault, used);
+    rows.lock().usage.insert(*vault, used);
     Ok(used)
 }
 
@@ -274,7 +276,24 @@ pub(crate) enum Charged {
     Stopped,
 }
 
-impl Control {
+/// The ledger: what each vault's backups take, chunk by chunk, in the control database.
+pub(crate) struct Usage {
+    rows: Arc<Rows>,
+    engine: Arc<Engine>,
+    /// Serialises the ledger's read-modify-write batches; taken before the rows' mutex, never
+    /// while holding it.
+    lock: Mutex<()>,
+}
+
+impl Usage {
+    pub(crate) fn new(rows: Arc<Rows>, engine: Arc<Engine>) -> Usage {
+        Usage {
+            rows,
+            engine,
+            lock: Mutex::new(()),
+        }
+    }
+
     /// Counts `backup`'s manifest in `vault`, resuming where an earlier attempt stopped.
     /// `stop` is asked between blocks.
     pub(crate) fn charge(
@@ -284,13 +303,14 @@ impl Control {
         stop: &dyn Fn() -> bool,
     ) -> Result<Charged, String> {
         let row = self
+            .rows
             .db
             .charge_row(&vault, &backup)
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
         if row.complete {
             return Ok(Charged::Done(
-                self.db.used_of(&vault).map_err(|e| e.to_string())?,
+                self.rows.db.used_of(&vault).map_err(|e| e.to_string())?,
             ));
         }
         if row.first > 0 {
@@ -298,9 +318,8 @@ impl Control {
             self.uncharge(vault, backup)?;
             return self.charge(vault, backup, stop);
         }
-        let store = self.engine().store().clone();
         let mut n = 0u32;
-        for block in store.manifest(&BackupId(backup)) {
+        for block in self.engine.manifest(&BackupId(backup)) {
             let block = block.map_err(|e| format!("manifest of backup {backup}: {e}"))?;
             n += 1;
             if n <= row.end {
@@ -309,24 +328,33 @@ impl Control {
             if stop() {
                 return Ok(Charged::Stopped);
             }
-            let _g = self.ledger.lock();
+            let _g = self.lock.lock();
             let next = Charge {
                 first: 0,
                 end: n,
                 complete: false,
             };
-            apply_block(self, &vault, &backup, &block, true, next)?;
+            apply_block(
+                &self.rows,
+                &self.engine,
+                &vault,
+                &backup,
+                &block,
+                true,
+                next,
+            )?;
         }
         let done = Charge {
             first: 0,
             end: n,
             complete: true,
         };
-        self.db
+        self.rows
+            .db
             .put_charge_row(&vault, &backup, Some(done))
             .map_err(|e| e.to_string())?;
         Ok(Charged::Done(
-            self.db.used_of(&vault).map_err(|e| e.to_string())?,
+            self.rows.db.used_of(&vault).map_err(|e| e.to_string())?,
         ))
     }
 
@@ -334,15 +362,15 @@ impl Control {
     /// A manifest block that cannot be read any more stays counted (an over-count, logged).
     pub(crate) fn uncharge(&self, vault: Uuid, backup: Uuid) -> Result<(), String> {
         let Some(row) = self
+            .rows
             .db
             .charge_row(&vault, &backup)
             .map_err(|e| e.to_string())?
         else {
             return Ok(());
         };
-        let store = self.engine().store().clone();
         let mut n = 0u32;
-        for block in store.manifest(&BackupId(backup)) {
+        for block in self.engine.manifest(&BackupId(backup)) {
             if n >= row.end {
                 break;
             }
@@ -359,21 +387,31 @@ impl Control {
                     break;
                 }
             };
-            let _g = self.ledger.lock();
+            let _g = self.lock.lock();
             let next = Charge {
                 first: n,
                 end: row.end,
                 complete: row.complete,
             };
-            apply_block(self, &vault, &backup, &block, false, next)?;
+            apply_block(
+                &self.rows,
+                &self.engine,
+                &vault,
+                &backup,
+                &block,
+                false,
+                next,
+            )?;
         }
-        self.db
+        self.rows
+            .db
             .put_charge_row(&vault, &backup, None)
             .map_err(|e| e.to_string())?;
         // The caller drops the manifest next. The uncount must be durable first: were it lost in
         // a power cut after the manifest is gone, nothing could uncount the backup any more. The
         // WAL is sequential, so syncing it makes every batch above durable.
-        self.db
+        self.rows
+            .db
             .db
             .flush_wal(true)
             .map_err(|e| format!("vault ledger sync: {e}"))
@@ -382,10 +420,10 @@ impl Control {
     /// Start-up reconciliation: completes the charges of available backups in vaults (also
     /// charging ones that have none, e.g. from before the ledger existed) and undoes the charges
     /// of every other backup, except `deleting` ones, whose delete uncharges them.
-    pub(crate) fn reconcile_usage(&self) -> Result<(), String> {
-        let charges = self.db.charges().map_err(|e| e.to_string())?;
+    pub(crate) fn reconcile(&self) -> Result<(), String> {
+        let charges = self.rows.db.charges().map_err(|e| e.to_string())?;
         let (undo, todo) = {
-            let st = self.state.lock();
+            let st = self.rows.lock();
             let counted = |vault: &Uuid, backup: &Uuid| {
                 st.backups.get(backup).is_some_and(|b| {
                     b.vault_id == Some(*vault)
@@ -442,8 +480,9 @@ mod tests {
     use super::*;
     use crate::auth::Caller;
     use crate::config::Role;
-    use crate::control::{Changes, CreateBackup};
+    use crate::control::{Control, CreateBackup};
     use crate::model::JobState;
+    use crate::state::Changes;
     use crate::vault::VaultSpec;
 
     fn admin() -> Caller {
@@ -487,7 +526,8 @@ mod tests {
 
     fn backup(control: &Arc<Control>, volume: &str, vault: &str) -> Uuid {
         let (b, j) = control
-            .create_backup(
+            .backups()
+            .create(
                 &admin(),
                 CreateBackup {
                     volume_id: volume.into(),
@@ -498,7 +538,8 @@ mod tests {
             .unwrap();
         let t = Instant::now();
         while !control
-            .get_job(&admin(), &j.id.to_string())
+            .jobs()
+            .get(&admin(), &j.id.to_string())
             .unwrap()
             .state
             .is_final()
@@ -506,7 +547,7 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(60));
             std::thread::sleep(Duration::from_millis(10));
         }
-        let j = control.get_job(&admin(), &j.id.to_string()).unwrap();
+        let j = control.jobs().get(&admin(), &j.id.to_string()).unwrap();
         assert_eq!(j.state, JobState::Succeeded, "{j:?}");
         b.id
     }
@@ -531,20 +572,25 @@ mod tests {
     }
 
     fn used(control: &Control, vault: &Uuid) -> u64 {
-        let st = control.state.lock();
+        let st = control.rows.lock();
         st.usage.get(vault).copied().unwrap_or(0)
     }
 
     /// Stops a charge after `blocks` blocks, as a crash would.
     fn charge_partially(control: &Control, vault: Uuid, backup: Uuid, blocks: usize) {
-        control.uncharge(vault, backup).unwrap();
+        control.usage.uncharge(vault, backup).unwrap();
         let asked = std::sync::atomic::AtomicUsize::new(0);
         let stop = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= blocks;
         assert!(matches!(
-            control.charge(vault, backup, &stop).unwrap(),
+            control.usage.charge(vault, backup, &stop).unwrap(),
             Charged::Stopped
         ));
-        let row = control.db.charge_row(&vault, &backup).unwrap().unwrap();
+        let row = control
+            .rows
+            .db
+            .charge_row(&vault, &backup)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (row.first, row.end, row.complete),
             (0, blocks as u32, false)
@@ -573,7 +619,8 @@ mod tests {
 
         let control = open(dir.path());
         let vol = control
-            .register_volume(
+            .volumes()
+            .register(
                 &admin(),
                 "",
                 "v",
@@ -594,7 +641,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let vault = control.create_vault(&admin(), spec).unwrap().vault.id;
+        let vault = control.vaults().create(&admin(), spec).unwrap().vault.id;
         let vid = vault.to_string();
         let vol = vol.id.to_string();
         let a = backup(&control, &vol, &vid);
@@ -602,36 +649,44 @@ mod tests {
         let exact = recount(&control, &[a, b]);
         assert!(exact > 12 << 20, "{exact}");
         assert_eq!(used(&control, &vault), exact);
-        let blocks = control.engine().store().manifest(&BackupId(a)).count();
+        let blocks = control.engine().manifest(&BackupId(a)).count();
         assert!(blocks >= 3, "{blocks} manifest blocks");
 
         // An available backup whose charge was cut short is completed at start-up.
         charge_partially(&control, vault, a, 1);
         let control = reopen(dir.path(), control);
         assert_eq!(used(&control, &vault), exact);
-        assert!(control.db.charge_row(&vault, &a).unwrap().unwrap().complete);
+        assert!(
+            control
+                .rows
+                .db
+                .charge_row(&vault, &a)
+                .unwrap()
+                .unwrap()
+                .complete
+        );
 
         // A backup that did not become available (a job cut short while counting it) is
         // uncounted at start-up, whatever part of it was counted.
         charge_partially(&control, vault, b, 2);
         {
-            let mut st = control.state.lock();
+            let mut st = control.rows.lock();
             let mut row = st.backups[&b].clone();
             row.status = BackupStatus::Error;
             Changes {
                 backups: vec![row],
                 ..Default::default()
             }
-            .commit(&control.db, &mut st)
+            .commit(&control.rows.db, &mut st)
             .unwrap();
         }
         let control = reopen(dir.path(), control);
         assert_eq!(used(&control, &vault), recount(&control, &[a]));
-        assert!(control.db.charge_row(&vault, &b).unwrap().is_none());
+        assert!(control.rows.db.charge_row(&vault, &b).unwrap().is_none());
         // The entries left are exactly a's distinct chunks, each counted once per occurrence.
-        let chunks = control.db.vault_chunks(&vault).unwrap();
+        let chunks = control.rows.db.vault_chunks(&vault).unwrap();
         let mut want: HashMap<ChunkId, u64> = HashMap::new();
-        for block in control.engine().store().manifest(&BackupId(a)) {
+        for block in control.engine().manifest(&BackupId(a)) {
             for e in block.unwrap().entries {
                 if let ManifestEntry::Chunk { id, .. } = e {
                     *want.entry(id).or_default() += 1;
@@ -643,10 +698,10 @@ mod tests {
         assert!(want.values().any(|n| *n > 1), "the image repeats chunks");
 
         // Deleting both leaves nothing behind.
-        control.delete_checked(b, false).unwrap();
-        control.delete_checked(a, false).unwrap();
+        control.backups().delete_checked(b, false).unwrap();
+        control.backups().delete_checked(a, false).unwrap();
         assert_eq!(used(&control, &vault), 0);
-        assert!(control.db.vault_chunks(&vault).unwrap().is_empty());
-        assert!(control.db.charges().unwrap().is_empty());
+        assert!(control.rows.db.vault_chunks(&vault).unwrap().is_empty());
+        assert!(control.rows.db.charges().unwrap().is_empty());
     }
 }

@@ -4,14 +4,15 @@
 //! **Usage.** A vault's `used` is the stored size of the distinct chunks its available backups
 //! reference, kept exactly by the usage ledger (`usage.rs`): a chunk shared by several backups of
 //! the vault counts once, and a chunk shared with another vault counts in both.
-use std::collections::HashSet;
 
-use tonic::Status;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::control::{parse_uuid, Changes, Control, State};
+use crate::check::{charset, check_tags, max_chars, one_of, parse_uuid};
+use crate::error::{Error, Result};
 use crate::model::*;
+use crate::objectlock::LockKeeper;
+use crate::state::{Changes, Rows, State, VaultEvent};
 
 /// Bytes in a GB (the API's capacity unit).
 pub const GB: u64 = 1_000_000_000;
@@ -36,19 +37,6 @@ const SERVER_TYPES: [&str; 3] = [
     "OS::Native::Server",
 ];
 const VOLUME_TYPE: &str = "OS::Cinder::Volume";
-
-/// Something that happened to a vault.
-#[derive(Clone, Debug)]
-pub struct VaultEvent {
-    pub vault_id: Uuid,
-    pub project_id: String,
-    pub kind: &'static str,
-    pub used_mb: i64,
-    pub capacity_gb: i64,
-    pub threshold: i32,
-    pub message: String,
-    pub at: time::OffsetDateTime,
-}
 
 /// What Vaults.Create asks for (validated here).
 #[derive(Clone, Debug, Default)]
@@ -96,82 +84,10 @@ pub struct VaultView {
     pub resources: Vec<(u64, u64, u64, bool)>,
 }
 
-fn invalid(field: &str, why: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {why}"))
-}
-
-fn one_of(field: &str, v: &str, allowed: &[&str]) -> Result<(), Status> {
-    if allowed.contains(&v) {
-        Ok(())
-    } else {
-        Err(invalid(
-            field,
-            format!("{v:?} is not one of {}", allowed.join(", ")),
-        ))
-    }
-}
-
-fn charset(field: &str, s: &str, extra: &[char]) -> Result<(), Status> {
-    match s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_' || extra.contains(c)))
-    {
-        None => Ok(()),
-        Some(c) => Err(invalid(
-            field,
-            format!("character {c:?} is not allowed in {s:?}"),
-        )),
-    }
-}
-
-fn max_chars(field: &str, s: &str, max: usize) -> Result<(), Status> {
-    let n = s.chars().count();
-    if n > max {
-        return Err(invalid(
-            field,
-            format!("{n} characters; at most {max} are allowed"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks and normalises tags: at most 10, keys 1..=36 of `[A-Za-z0-9_-]`, values 0..=43 of
-/// `[A-Za-z0-9_.-]`, both trimmed, keys unique.
-pub fn check_tags(
-    field: &str,
-    tags: Vec<(String, String)>,
-) -> Result<Vec<(String, String)>, Status> {
-    if tags.len() > 10 {
-        return Err(invalid(
-            field,
-            format!("{} tags; at most 10 are allowed", tags.len()),
-        ));
-    }
-    let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(tags.len());
-    for (i, (k, v)) in tags.into_iter().enumerate() {
-        let (k, v) = (k.trim().to_string(), v.trim().to_string());
-        let kf = format!("{field}[{i}].key");
-        if k.is_empty() {
-            return Err(invalid(&kf, "empty"));
-        }
-        max_chars(&kf, &k, 36)?;
-        charset(&kf, &k, &[])?;
-        let vf = format!("{field}[{i}].value");
-        max_chars(&vf, &v, 43)?;
-        charset(&vf, &v, &['.'])?;
-        if !seen.insert(k.clone()) {
-            return Err(invalid(&kf, format!("duplicate key {k:?}")));
-        }
-        out.push((k, v));
-    }
-    Ok(out)
-}
-
 /// Checks bind rules: at most 5 tags; keys non-empty `[A-Za-z0-9_-]`, values `[A-Za-z0-9._-]`.
-fn check_bind_rules(rules: Vec<(String, String)>) -> Result<Vec<(String, String)>, Status> {
+fn check_bind_rules(rules: Vec<(String, String)>) -> Result<Vec<(String, String)>> {
     if rules.len() > 5 {
-        return Err(invalid(
+        return Err(Error::invalid(
             "bind_rules.tags",
             format!("{} rules; at most 5 are allowed", rules.len()),
         ));
@@ -181,7 +97,7 @@ fn check_bind_rules(rules: Vec<(String, String)>) -> Result<Vec<(String, String)
         let (k, v) = (k.trim().to_string(), v.trim().to_string());
         let kf = format!("bind_rules.tags[{i}].key");
         if k.is_empty() {
-            return Err(invalid(&kf, "empty"));
+            return Err(Error::invalid(&kf, "empty"));
         }
         max_chars(&kf, &k, 36)?;
         charset(&kf, &k, &[])?;
@@ -193,8 +109,8 @@ fn check_bind_rules(rules: Vec<(String, String)>) -> Result<Vec<(String, String)
     Ok(out)
 }
 
-fn check_billing(b: Option<BillingRow>) -> Result<BillingRow, Status> {
-    let mut b = b.ok_or_else(|| invalid("billing", "required"))?;
+fn check_billing(b: Option<BillingRow>) -> Result<BillingRow> {
+    let mut b = b.ok_or_else(|| Error::invalid("billing", "required"))?;
     if b.cloud_type.is_empty() {
         b.cloud_type = "public".into();
     }
@@ -234,7 +150,7 @@ fn check_billing(b: Option<BillingRow>) -> Result<BillingRow, Status> {
     if b.charging_mode == "pre_paid" {
         one_of("billing.period_type", &b.period_type, &["year", "month"])?;
         if b.period_num < 1 {
-            return Err(invalid(
+            return Err(Error::invalid(
                 "billing.period_num",
                 "required (at least 1) for pre_paid",
             ));
@@ -246,9 +162,9 @@ fn check_billing(b: Option<BillingRow>) -> Result<BillingRow, Status> {
     Ok(b)
 }
 
-fn check_size(gb: i64) -> Result<(), Status> {
+fn check_size(gb: i64) -> Result<()> {
     if !(1..=MAX_SIZE_GB).contains(&gb) {
-        return Err(invalid(
+        return Err(Error::invalid(
             "billing.size",
             format!("{gb} GB is outside 1..={MAX_SIZE_GB}"),
         ));
@@ -256,9 +172,12 @@ fn check_size(gb: i64) -> Result<(), Status> {
     Ok(())
 }
 
-fn check_threshold(t: i32) -> Result<i32, Status> {
+fn check_threshold(t: i32) -> Result<i32> {
     if !(1..=100).contains(&t) {
-        return Err(invalid("threshold", format!("{t} is outside 1..=100")));
+        return Err(Error::invalid(
+            "threshold",
+            format!("{t} is outside 1..=100"),
+        ));
     }
     Ok(t)
 }
@@ -269,32 +188,32 @@ fn check_resources(
     project: &str,
     resources: Vec<ResourceRow>,
     start: usize,
-) -> Result<Vec<ResourceRow>, Status> {
+) -> Result<Vec<ResourceRow>> {
     let mut out = Vec::new();
     for (i, r) in resources.into_iter().enumerate() {
         let f = format!("resources[{}]", start + i);
         one_of(&format!("{f}.type"), &r.kind, &RESOURCE_TYPES)?;
         if r.id.trim().is_empty() {
-            return Err(invalid(&format!("{f}.id"), "empty"));
+            return Err(Error::invalid(&format!("{f}.id"), "empty"));
         }
         max_chars(&format!("{f}.id"), &r.id, 255)?;
         max_chars(&format!("{f}.name"), &r.name, 255)?;
         if r.kind == VOLUME_TYPE {
             let id = parse_uuid(&format!("{f}.id"), &r.id)?;
             if st.volumes.get(&id).is_none_or(|v| v.project_id != project) {
-                return Err(invalid(
+                return Err(Error::invalid(
                     &format!("{f}.id"),
                     format!("no registered volume {id} in this project"),
                 ));
             }
             if !r.exclude_volumes.is_empty() {
-                return Err(invalid(
+                return Err(Error::invalid(
                     &format!("{f}.extra_info.exclude_volumes"),
                     "only server resources exclude volumes",
                 ));
             }
         } else if !SERVER_TYPES.contains(&r.kind.as_str()) {
-            return Err(invalid(
+            return Err(Error::invalid(
                 &format!("{f}.type"),
                 format!(
                     "{} resources cannot be backed up by a block storage node",
@@ -303,7 +222,7 @@ fn check_resources(
             ));
         }
         if r.exclude_volumes.len() > 1000 {
-            return Err(invalid(
+            return Err(Error::invalid(
                 &format!("{f}.extra_info.exclude_volumes"),
                 "at most 1000 volumes",
             ));
@@ -319,13 +238,13 @@ fn check_resources(
     Ok(out)
 }
 
-fn check_policy(st: &State, project: &str, id: &str) -> Result<Option<Uuid>, Status> {
+fn check_policy(st: &State, project: &str, id: &str) -> Result<Option<Uuid>> {
     if id.is_empty() {
         return Ok(None);
     }
     let id = parse_uuid("backup_policy_id", id)?;
     if st.policies.get(&id).is_none_or(|p| p.project_id != project) {
-        return Err(Status::not_found(format!(
+        return Err(Error::not_found(format!(
             "backup_policy_id: policy {id} not found"
         )));
     }
@@ -347,7 +266,7 @@ pub(crate) fn vault_for_backup(
     st: &State,
     vol: &VolumeRow,
     container: &str,
-) -> Result<Option<Uuid>, Status> {
+) -> Result<Option<Uuid>> {
     if container.is_empty() {
         return Ok(None);
     }
@@ -357,7 +276,7 @@ pub(crate) fn vault_for_backup(
         .filter(|v| v.project_id == vol.project_id)
         .find(|v| v.id.to_string() == container || v.name == container)
         .ok_or_else(|| {
-            Status::not_found(format!("container: no vault {container:?} in this project"))
+            Error::not_found(format!("container: no vault {container:?} in this project"))
         })?;
     if v.auto_expand {
         return Ok(Some(v.id));
@@ -373,7 +292,7 @@ pub(crate) fn vault_for_backup(
         .map_or(0, |b| b.stored_bytes);
     let cap = capacity(v);
     if used >= cap || used + expect > cap {
-        return Err(Status::resource_exhausted(format!(
+        return Err(Error::resource_exhausted(format!(
             "vault {} ({}) is full: {} MB used of {} GB{}; raise its capacity, delete backups, \
              or turn on auto_expand",
             v.id,
@@ -433,7 +352,7 @@ pub(crate) fn capacity_message(st: &State, backup: &Uuid) -> String {
 /// Re-evaluates a vault after its usage changed: grows the capacity under auto_expand, and raises
 /// a threshold event once per upward crossing (re-armed when usage falls below). Returns the vault
 /// row to write, if changed.
-pub(crate) fn after_usage_change(control: &Control, st: &State, vault: Uuid) -> Vec<VaultRow> {
+pub(crate) fn after_usage_change(rows: &Rows, st: &State, vault: Uuid) -> Vec<VaultRow> {
     let Some(old) = st.vaults.get(&vault) else {
         return Vec::new();
     };
@@ -455,7 +374,7 @@ pub(crate) fn after_usage_change(control: &Control, st: &State, vault: Uuid) -> 
         ));
     }
     evaluate_threshold(&mut v, used, &mut events);
-    emit(control, &v, used, events);
+    emit(rows, &v, used, events);
     if &v != old {
         vec![v]
     } else {
@@ -489,10 +408,10 @@ fn evaluate_threshold(v: &mut VaultRow, used: u64, events: &mut Vec<(&'static st
     }
 }
 
-fn emit(control: &Control, v: &VaultRow, used: u64, events: Vec<(&'static str, String)>) {
+fn emit(rows: &Rows, v: &VaultRow, used: u64, events: Vec<(&'static str, String)>) {
     for (kind, message) in events {
         tracing::warn!(vault = %v.id, kind, threshold_events = v.threshold_events, "{message}");
-        let _ = control.events.send(VaultEvent {
+        rows.emit(VaultEvent {
             vault_id: v.id,
             project_id: v.project_id.clone(),
             kind,
@@ -502,19 +421,6 @@ fn emit(control: &Control, v: &VaultRow, used: u64, events: Vec<(&'static str, S
             message,
             at: now(),
         });
-    }
-}
-
-impl Control {
-    /// Refuses more resources than a vault may bind (`[vaults] max_resources`).
-    fn check_resource_count(&self, field: &str, n: usize) -> Result<(), Status> {
-        if n > self.max_vault_resources {
-            return Err(Status::resource_exhausted(format!(
-                "{field}: {n} resources; a vault binds at most {} ([vaults] max_resources)",
-                self.max_vault_resources
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -646,21 +552,52 @@ fn view(st: &State, v: &VaultRow) -> VaultView {
     }
 }
 
-fn visible_vault<'a>(st: &'a State, caller: &Caller, id: &str) -> Result<&'a VaultRow, Status> {
+fn visible_vault<'a>(st: &'a State, caller: &Caller, id: &str) -> Result<&'a VaultRow> {
     let id = parse_uuid("vault_id", id)?;
     st.vaults
         .get(&id)
         .filter(|v| caller.sees(&v.project_id))
-        .ok_or_else(|| Status::not_found(format!("vault {id} not found")))
+        .ok_or_else(|| Error::not_found(format!("vault {id} not found")))
 }
 
-impl Control {
+/// The vault calls, over what they need.
+pub struct Vaults<'a> {
+    rows: &'a Rows,
+    /// Resources one vault may bind (`[vaults] max_resources`).
+    max_resources: usize,
+    lock_keeper: &'a LockKeeper,
+}
+
+impl<'a> Vaults<'a> {
+    pub(crate) fn new(
+        rows: &'a Rows,
+        max_resources: usize,
+        lock_keeper: &'a LockKeeper,
+    ) -> Vaults<'a> {
+        Vaults {
+            rows,
+            max_resources,
+            lock_keeper,
+        }
+    }
+
+    /// Refuses more resources than a vault may bind (`[vaults] max_resources`).
+    fn check_resource_count(&self, field: &str, n: usize) -> Result<()> {
+        if n > self.max_resources {
+            return Err(Error::resource_exhausted(format!(
+                "{field}: {n} resources; a vault binds at most {} ([vaults] max_resources)",
+                self.max_resources
+            )));
+        }
+        Ok(())
+    }
+
     /// Vaults.Create.
-    pub fn create_vault(&self, caller: &Caller, spec: VaultSpec) -> Result<VaultView, Status> {
+    pub fn create(&self, caller: &Caller, spec: VaultSpec) -> Result<VaultView> {
         caller.must_write()?;
         let name = spec.name.trim().to_string();
         if name.is_empty() {
-            return Err(invalid("name", "required"));
+            return Err(Error::invalid("name", "required"));
         }
         max_chars("name", &name, 255)?;
         max_chars("description", &spec.description, 255)?;
@@ -678,7 +615,7 @@ impl Control {
             )?;
         }
         max_chars("enterprise_project_id", &spec.enterprise_project_id, 64)?;
-        let mut st = self.state.lock();
+        let mut st = self.rows.lock();
         let resources = check_resources(&st, &caller.project, spec.resources, 0)?;
         self.check_resource_count("resources", resources.len())?;
         let policy = check_policy(&st, &caller.project, &spec.backup_policy_id)?;
@@ -687,7 +624,7 @@ impl Control {
             .values()
             .any(|v| v.project_id == caller.project && v.name == name)
         {
-            return Err(Status::already_exists(format!(
+            return Err(Error::already_exists(format!(
                 "a vault named {name:?} exists"
             )));
         }
@@ -722,31 +659,31 @@ impl Control {
             runs: Default::default(),
             last_run: None,
         };
-        bind_matching(&st, &mut v, self.max_vault_resources);
-        Changes::vault(v.clone()).commit(&self.db, &mut st)?;
+        bind_matching(&st, &mut v, self.max_resources);
+        Changes::vault(v.clone()).commit(&self.rows.db, &mut st)?;
         tracing::info!(vault = %v.id, name = %v.name, size_gb = v.billing.size_gb, "vault created");
         if v.locked {
-            self.lock_keeper().wake();
+            self.lock_keeper.wake();
         }
         Ok(view(&st, &v))
     }
 
     /// Vaults.Get.
-    pub fn get_vault(&self, caller: &Caller, id: &str) -> Result<VaultView, Status> {
-        let st = self.state.lock();
+    pub fn get(&self, caller: &Caller, id: &str) -> Result<VaultView> {
+        let st = self.rows.lock();
         let v = visible_vault(&st, caller, id)?;
         Ok(view(&st, v))
     }
 
     /// Vaults.List, oldest first.
-    pub fn list_vaults(
+    pub fn list(
         &self,
         caller: &Caller,
         all_tenants: bool,
         page: &crate::page::PageQuery,
-    ) -> Result<(Vec<VaultView>, Option<Uuid>), Status> {
+    ) -> Result<(Vec<VaultView>, Option<Uuid>), Error> {
         caller.may_list_all(all_tenants)?;
-        let st = self.state.lock();
+        let st = self.rows.lock();
         let mut v: Vec<&VaultRow> = st
             .vaults
             .values()
@@ -758,19 +695,14 @@ impl Control {
     }
 
     /// Vaults.Update.
-    pub fn update_vault(
-        &self,
-        caller: &Caller,
-        id: &str,
-        u: VaultUpdate,
-    ) -> Result<VaultView, Status> {
+    pub fn update(&self, caller: &Caller, id: &str, u: VaultUpdate) -> Result<VaultView> {
         caller.must_write()?;
-        let mut st = self.state.lock();
+        let mut st = self.rows.lock();
         let mut v = visible_vault(&st, caller, id)?.clone();
         if let Some(n) = u.name {
             let n = n.trim().to_string();
             if n.is_empty() {
-                return Err(invalid("name", "empty"));
+                return Err(Error::invalid("name", "empty"));
             }
             max_chars("name", &n, 255)?;
             if st
@@ -778,9 +710,7 @@ impl Control {
                 .values()
                 .any(|o| o.id != v.id && o.project_id == v.project_id && o.name == n)
             {
-                return Err(Status::already_exists(format!(
-                    "a vault named {n:?} exists"
-                )));
+                return Err(Error::already_exists(format!("a vault named {n:?} exists")));
             }
             v.name = n;
         }
@@ -792,7 +722,7 @@ impl Control {
             check_size(size)?;
             let used = used_bytes(&st, &v.id);
             if (size as u64).saturating_mul(GB) < used {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "billing.size: {size} GB is less than the {} MB in use",
                     used.div_ceil(MB)
                 )));
@@ -821,7 +751,7 @@ impl Control {
         }
         if let Some(l) = u.locked {
             if !l && v.locked {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "vault {} is locked; a locked vault cannot be unlocked",
                     v.id
                 )));
@@ -834,25 +764,25 @@ impl Control {
         if let Some(t) = u.tags {
             v.tags = check_tags("tags", t)?;
         }
-        bind_matching(&st, &mut v, self.max_vault_resources);
+        bind_matching(&st, &mut v, self.max_resources);
         let used = used_bytes(&st, &v.id);
         let mut events = Vec::new();
         evaluate_threshold(&mut v, used, &mut events);
-        emit(self, &v, used, events);
-        Changes::vault(v.clone()).commit(&self.db, &mut st)?;
+        emit(self.rows, &v, used, events);
+        Changes::vault(v.clone()).commit(&self.rows.db, &mut st)?;
         if v.locked {
-            self.lock_keeper().wake();
+            self.lock_keeper.wake();
         }
         Ok(view(&st, &v))
     }
 
     /// Vaults.Delete: only an unlocked vault without backups.
-    pub fn delete_vault(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+    pub fn delete(&self, caller: &Caller, id: &str) -> Result<()> {
         caller.must_write()?;
-        let mut st = self.state.lock();
+        let mut st = self.rows.lock();
         let v = visible_vault(&st, caller, id)?.clone();
         if v.locked {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "vault {} is locked and cannot be deleted",
                 v.id
             )));
@@ -863,7 +793,7 @@ impl Control {
             .filter(|b| b.vault_id == Some(v.id))
             .count();
         if n > 0 {
-            return Err(Status::failed_precondition(format!(
+            return Err(Error::failed_precondition(format!(
                 "vault {} still holds {n} backups; delete them first",
                 v.id
             )));
@@ -872,7 +802,7 @@ impl Control {
             gone_vaults: vec![v.id],
             ..Default::default()
         }
-        .commit(&self.db, &mut st)
+        .commit(&self.rows.db, &mut st)
     }
 
     /// Vaults.AddResources.
@@ -881,64 +811,55 @@ impl Control {
         caller: &Caller,
         id: &str,
         resources: Vec<ResourceRow>,
-    ) -> Result<VaultView, Status> {
+    ) -> Result<VaultView> {
         caller.must_write()?;
-        let mut st = self.state.lock();
+        let mut st = self.rows.lock();
         let mut v = visible_vault(&st, caller, id)?.clone();
         let new = check_resources(&st, &v.project_id, resources, v.resources.len())?;
         self.check_resource_count("resources", v.resources.len().saturating_add(new.len()))?;
         for r in new {
             if v.resources.iter().any(|o| o.id == r.id) {
-                return Err(Status::already_exists(format!(
+                return Err(Error::already_exists(format!(
                     "resource {} is already bound to vault {}",
                     r.id, v.id
                 )));
             }
             v.resources.push(r);
         }
-        Changes::vault(v.clone()).commit(&self.db, &mut st)?;
+        Changes::vault(v.clone()).commit(&self.rows.db, &mut st)?;
         Ok(view(&st, &v))
     }
 
     /// Vaults.RemoveResources.
-    pub fn remove_resources(
-        &self,
-        caller: &Caller,
-        id: &str,
-        ids: &[String],
-    ) -> Result<VaultView, Status> {
+    pub fn remove_resources(&self, caller: &Caller, id: &str, ids: &[String]) -> Result<VaultView> {
         caller.must_write()?;
-        let mut st = self.state.lock();
+        let mut st = self.rows.lock();
         let mut v = visible_vault(&st, caller, id)?.clone();
         for rid in ids {
             let before = v.resources.len();
             v.resources.retain(|r| &r.id != rid);
             if v.resources.len() == before {
-                return Err(Status::not_found(format!(
+                return Err(Error::not_found(format!(
                     "resource {rid} is not bound to vault {}",
                     v.id
                 )));
             }
         }
-        Changes::vault(v.clone()).commit(&self.db, &mut st)?;
+        Changes::vault(v.clone()).commit(&self.rows.db, &mut st)?;
         Ok(view(&st, &v))
     }
 
     /// Checks that the caller may watch `vault_id` ("" for all it sees).
-    pub fn check_vault_watch(
-        &self,
-        caller: &Caller,
-        vault_id: &str,
-    ) -> Result<Option<Uuid>, Status> {
+    pub fn check_watch(&self, caller: &Caller, vault_id: &str) -> Result<Option<Uuid>> {
         if vault_id.is_empty() {
             return Ok(None);
         }
-        let st = self.state.lock();
+        let st = self.rows.lock();
         Ok(Some(visible_vault(&st, caller, vault_id)?.id))
     }
 
     /// A receiver of vault events.
-    pub fn vault_events(&self) -> tokio::sync::broadcast::Receiver<VaultEvent> {
-        self.events.subscribe()
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<VaultEvent> {
+        self.rows.vault_events()
     }
 }

@@ -49,7 +49,7 @@ pub async fn scheduled_verify(
     loop {
         tokio::time::sleep(wait).await;
         wait = interval;
-        if control.is_shutting_down() {
+        if control.jobs().is_shutting_down() {
             return;
         }
         let _turn = turn.lock().await;

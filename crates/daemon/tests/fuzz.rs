@@ -91,10 +91,14 @@ fn admin() -> Caller {
     }
 }
 
-fn status_sig<T>(prefix: &str, r: &Result<T, tonic::Status>) -> String {
+/// The outcome as a gRPC client sees it (code and message).
+fn status_sig<T>(prefix: &str, r: &Result<T, blockvault_daemon::error::Error>) -> String {
     match r {
         Ok(_) => format!("{prefix}:ok"),
-        Err(s) => signature(&format!("{prefix}:{:?}", s.code()), s.message()),
+        Err(e) => {
+            let s = blockvault_daemon::api::status(e.clone());
+            signature(&format!("{prefix}:{:?}", s.code()), s.message())
+        }
     }
 }
 
@@ -165,7 +169,7 @@ fn live() -> Live {
             println!(
                 "fuzz: the live daemon refused the crafted record ({:?}: {}); export_import \
                  fuzzes without an imported backup",
-                e.code(),
+                blockvault_daemon::api::status(e.clone()).code(),
                 e.message()
             );
             None

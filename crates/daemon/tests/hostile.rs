@@ -631,7 +631,8 @@ async fn imports_keep_projects_apart() {
 #[tokio::test(start_paused = true)]
 async fn an_overflowing_policy_stops_no_other_schedule() {
     use blockvault_daemon::auth::Caller;
-    use blockvault_daemon::policy::{PolicyRunner, PolicySpec};
+    use blockvault_daemon::policy::PolicySpec;
+    use blockvault_daemon::runner::PolicyRunner;
     use blockvault_daemon::vault::VaultSpec;
     let member = |p: &str| Caller {
         project: p.into(),
@@ -642,7 +643,8 @@ async fn an_overflowing_policy_stops_no_other_schedule() {
     let daemon = blockvault_daemon::Daemon::open(config(&dir.path().join("data"), vec![])).unwrap();
     let c = daemon.control().clone();
     let e = c
-        .create_policy(
+        .policies()
+        .create(
             &member("a"),
             "",
             PolicySpec {
@@ -653,13 +655,17 @@ async fn an_overflowing_policy_stops_no_other_schedule() {
             },
         )
         .unwrap_err();
-    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(matches!(
+        e,
+        blockvault_daemon::error::Error::InvalidArgument(_)
+    ));
     assert!(
         e.message().starts_with("schedule.interval_seconds"),
         "{e:?}"
     );
     let e = c
-        .create_policy(
+        .policies()
+        .create(
             &member("a"),
             "",
             PolicySpec {
@@ -676,7 +682,8 @@ async fn an_overflowing_policy_stops_no_other_schedule() {
     let img = dir.path().join("b.img");
     make_image(&img, 1 << 20, 5);
     let vol = c
-        .register_volume(
+        .volumes()
+        .register(
             &member("b"),
             "",
             "b",
@@ -687,7 +694,8 @@ async fn an_overflowing_policy_stops_no_other_schedule() {
         )
         .unwrap();
     let policy = c
-        .create_policy(
+        .policies()
+        .create(
             &member("b"),
             "",
             PolicySpec {
@@ -698,35 +706,36 @@ async fn an_overflowing_policy_stops_no_other_schedule() {
             },
         )
         .unwrap();
-    c.create_vault(
-        &member("b"),
-        VaultSpec {
-            name: "b".into(),
-            billing: Some(blockvault_daemon::model::BillingRow {
-                cloud_type: String::new(),
-                consistent_level: "crash_consistent".into(),
-                object_type: "disk".into(),
-                protect_type: "backup".into(),
-                size_gb: 10,
-                charging_mode: String::new(),
-                period_type: String::new(),
-                period_num: 0,
-                is_auto_renew: false,
-                is_auto_pay: false,
-                console_url: String::new(),
-                is_multi_az: false,
-            }),
-            resources: vec![blockvault_daemon::model::ResourceRow {
-                id: vol.id.to_string(),
-                kind: "OS::Cinder::Volume".into(),
+    c.vaults()
+        .create(
+            &member("b"),
+            VaultSpec {
                 name: "b".into(),
-                exclude_volumes: vec![],
-            }],
-            backup_policy_id: policy.id.to_string(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+                billing: Some(blockvault_daemon::model::BillingRow {
+                    cloud_type: String::new(),
+                    consistent_level: "crash_consistent".into(),
+                    object_type: "disk".into(),
+                    protect_type: "backup".into(),
+                    size_gb: 10,
+                    charging_mode: String::new(),
+                    period_type: String::new(),
+                    period_num: 0,
+                    is_auto_renew: false,
+                    is_auto_pay: false,
+                    console_url: String::new(),
+                    is_multi_az: false,
+                }),
+                resources: vec![blockvault_daemon::model::ResourceRow {
+                    id: vol.id.to_string(),
+                    kind: "OS::Cinder::Volume".into(),
+                    name: "b".into(),
+                    exclude_volumes: vec![],
+                }],
+                backup_policy_id: policy.id.to_string(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let runner = PolicyRunner::new(c.clone());
     tokio::time::advance(Duration::from_secs(3600)).await;
     let (queued, _) = runner.tick();
@@ -734,7 +743,8 @@ async fn an_overflowing_policy_stops_no_other_schedule() {
     // Let the scheduled backup finish before the directory goes away.
     for _ in 0..6000 {
         let (jobs, _) = c
-            .list_jobs(&member("b"), false, "", &Default::default())
+            .jobs()
+            .list(&member("b"), false, "", &Default::default())
             .unwrap();
         if jobs.iter().all(|j| j.state.is_final()) {
             return;

@@ -10,7 +10,8 @@ use blockvault_daemon::auth::Caller;
 use blockvault_daemon::config::Role;
 use blockvault_daemon::control::Control;
 use blockvault_daemon::model::{BackupStatus, JobState};
-use blockvault_daemon::policy::{PolicyRunner, PolicySpec};
+use blockvault_daemon::policy::PolicySpec;
+use blockvault_daemon::runner::PolicyRunner;
 use blockvault_daemon::vault::{VaultSpec, VaultUpdate};
 use blockvault_daemon::Daemon;
 use common::*;
@@ -27,7 +28,8 @@ fn admin() -> Caller {
 fn settle(c: &Control) {
     for _ in 0..6000 {
         let busy = c
-            .list_jobs(&admin(), false, "", &Default::default())
+            .jobs()
+            .list(&admin(), false, "", &Default::default())
             .unwrap()
             .0
             .iter()
@@ -43,7 +45,8 @@ fn settle(c: &Control) {
 /// The vault's backups, oldest first: (name, is_incremental, status).
 fn backups(c: &Control, vault: uuid::Uuid) -> Vec<(String, bool, BackupStatus, uuid::Uuid)> {
     let page = c
-        .list_backups(
+        .backups()
+        .list(
             &admin(),
             &blockvault_daemon::control::ListQuery {
                 sort: "created_at:asc".into(),
@@ -67,7 +70,8 @@ async fn schedule_pattern_retention_and_catch_up() {
     make_image(&img, 1 << 20, 4);
     use std::os::unix::ffi::OsStrExt;
     let vol = c
-        .register_volume(
+        .volumes()
+        .register(
             &admin(),
             "",
             "db",
@@ -78,7 +82,8 @@ async fn schedule_pattern_retention_and_catch_up() {
         )
         .unwrap();
     let policy = c
-        .create_policy(
+        .policies()
+        .create(
             &admin(),
             "",
             PolicySpec {
@@ -91,7 +96,8 @@ async fn schedule_pattern_retention_and_catch_up() {
         )
         .unwrap();
     let vault = c
-        .create_vault(
+        .vaults()
+        .create(
             &admin(),
             VaultSpec {
                 name: "auto".into(),
@@ -148,7 +154,8 @@ async fn schedule_pattern_retention_and_catch_up() {
     assert!(left.iter().all(|b| b.0.starts_with("auto_db_")), "{left:?}");
     assert!(left.iter().all(|b| b.2 == BackupStatus::Available));
     let jobs = c
-        .list_jobs(&admin(), false, "", &Default::default())
+        .jobs()
+        .list(&admin(), false, "", &Default::default())
         .unwrap()
         .0;
     assert_eq!(jobs.len(), 7);
@@ -163,37 +170,38 @@ async fn schedule_pattern_retention_and_catch_up() {
     // Finished jobs can be forgotten; their backups stay.
     let before = backups(&c, vault.id).len();
     let jobs = c
-        .list_jobs(&admin(), false, "", &Default::default())
+        .jobs()
+        .list(&admin(), false, "", &Default::default())
         .unwrap()
         .0
         .len();
-    assert_eq!(c.prune_jobs(30), 0, "nothing is 30 days old");
+    assert_eq!(c.jobs().prune(30), 0, "nothing is 30 days old");
     let cut = time::OffsetDateTime::now_utc() + time::Duration::seconds(1);
-    assert_eq!(c.prune_jobs_before(cut), jobs);
+    assert_eq!(c.jobs().prune_before(cut), jobs);
     assert!(c
-        .list_jobs(&admin(), false, "", &Default::default())
+        .jobs()
+        .list(&admin(), false, "", &Default::default())
         .unwrap()
         .0
         .is_empty());
     assert_eq!(backups(&c, vault.id).len(), before);
 
     // Locked: users cannot delete, retention still prunes.
-    c.update_vault(
-        &admin(),
-        &vault.id.to_string(),
-        VaultUpdate {
-            locked: Some(true),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    c.vaults()
+        .update(
+            &admin(),
+            &vault.id.to_string(),
+            VaultUpdate {
+                locked: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let newest = backups(&c, vault.id).last().unwrap().3;
-    assert_eq!(
-        c.delete_backup(&admin(), &newest.to_string())
-            .unwrap_err()
-            .code(),
-        tonic::Code::FailedPrecondition
-    );
+    assert!(matches!(
+        c.backups().delete(&admin(), &newest.to_string()),
+        Err(blockvault_daemon::error::Error::Precondition(_))
+    ));
     for _ in 0..3 {
         tokio::time::advance(Duration::from_secs(3600)).await;
         assert_eq!(runner.tick().0.len(), 1);
@@ -208,7 +216,7 @@ async fn schedule_pattern_retention_and_catch_up() {
     assert!(left.iter().any(|b| b.3 == newest));
     // Every kept incremental still has its parent.
     for b in &left {
-        let (row, _) = c.get_backup(&admin(), &b.3.to_string()).unwrap();
+        let (row, _) = c.backups().get(&admin(), &b.3.to_string()).unwrap();
         if let Some(p) = row.parent_id {
             assert!(
                 left.iter().any(|x| x.3 == p),
@@ -217,7 +225,7 @@ async fn schedule_pattern_retention_and_catch_up() {
             );
         }
     }
-    c.finish_shutdown(Duration::from_secs(10));
+    c.jobs().finish_shutdown(Duration::from_secs(10));
 }
 
 fn billing() -> blockvault_daemon::model::BillingRow {
@@ -250,7 +258,8 @@ async fn server_resources_daily_retention_and_time_rules() {
         let img = dir.path().join(format!("d{i}.img"));
         make_image(&img, 256 << 10, i);
         let v = c
-            .register_volume(
+            .volumes()
+            .register(
                 &admin(),
                 "",
                 &format!("disk{i}"),
@@ -264,7 +273,8 @@ async fn server_resources_daily_retention_and_time_rules() {
     }
     // Every 6 hours; all full; keep the newest backup of each of the last 2 days.
     let policy = c
-        .create_policy(
+        .policies()
+        .create(
             &admin(),
             "",
             PolicySpec {
@@ -277,7 +287,8 @@ async fn server_resources_daily_retention_and_time_rules() {
         )
         .unwrap();
     let vault = c
-        .create_vault(
+        .vaults()
+        .create(
             &admin(),
             VaultSpec {
                 name: "srv".into(),
@@ -309,7 +320,8 @@ async fn server_resources_daily_retention_and_time_rules() {
     // Two volumes x the newest backup of each of the last 2 days that have backups.
     assert_eq!(left.len(), 4, "{left:?}");
     let page = c
-        .list_backups(&admin(), &blockvault_daemon::control::ListQuery::default())
+        .backups()
+        .list(&admin(), &blockvault_daemon::control::ListQuery::default())
         .unwrap();
     assert!(page.backups.iter().all(|b| b.volume_id != vols[1]));
     let mut days: Vec<_> = page
@@ -323,15 +335,16 @@ async fn server_resources_daily_retention_and_time_rules() {
     assert_eq!(days.len(), 4, "one per volume and day");
 
     // Switch to a day/time rule: the next run happens at the next 03:00 UTC, not before.
-    c.update_policy(
-        &admin(),
-        &policy.id.to_string(),
-        PolicySpec {
-            schedule: Some((0, vec![], vec!["03:00".into()])),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    c.policies()
+        .update(
+            &admin(),
+            &policy.id.to_string(),
+            PolicySpec {
+                schedule: Some((0, vec![], vec!["03:00".into()])),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let now = runner.now();
     let next3 = {
         let today = now.replace_time(time::macros::time!(3:00));
@@ -347,5 +360,5 @@ async fn server_resources_daily_retention_and_time_rules() {
     tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(runner.tick().0.len(), 2);
     settle(&c);
-    c.finish_shutdown(Duration::from_secs(10));
+    c.jobs().finish_shutdown(Duration::from_secs(10));
 }

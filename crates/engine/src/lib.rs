@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use blockvault_core::{
-    BackupId, BackupRecord, BackupState, ChunkKeys, DataKey, DomainIdKey, EnvelopeCodec, MasterKey,
-    VolumeId,
+    BackupId, BackupRecord, BackupState, ChunkId, ChunkKeys, DataKey, DomainIdKey, EnvelopeCodec,
+    ManifestBlock, MasterKey, VolumeId,
 };
 use blockvault_store::{GcOptions, GcReport, Store, StoreConfig};
 use parking_lot::Mutex;
@@ -348,6 +348,27 @@ impl Engine {
     /// after a change of name, description or metadata).
     pub fn annotate(&self, id: &BackupId, annotation: &str) -> Result<()> {
         Ok(self.store.annotate(id, annotation)?)
+    }
+
+    /// A backup's manifest, block by block, in order (the daemon counts vault usage from it
+    /// and digests it into exported records).
+    pub fn manifest(&self, id: &BackupId) -> impl Iterator<Item = Result<ManifestBlock>> + '_ {
+        self.store.manifest(id).map(|b| b.map_err(Error::from))
+    }
+
+    /// Bytes a stored chunk takes in its pack (its entry), if the store holds it.
+    pub fn stored_size(&self, id: &ChunkId) -> Result<Option<u64>> {
+        Ok(self.store.chunk_location(id)?.map(|l| l.entry_len()))
+    }
+
+    /// The store's id: exported records name it, and import refuses another store's.
+    pub fn store_id(&self) -> uuid::Uuid {
+        self.store.config().store_id
+    }
+
+    /// Writes the index's memory tables to disk (at shutdown; every commit is durable without).
+    pub fn flush(&self) -> Result<()> {
+        Ok(self.store.flush()?)
     }
 
     /// Whether the store can keep objects under retention (S3 Object Lock); one request to a

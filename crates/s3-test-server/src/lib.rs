@@ -17,7 +17,8 @@ pub const SECRET_KEY: &str = "blockvault-test-secret";
 pub struct Options {
     /// Buckets created before the server starts.
     pub buckets: Vec<String>,
-    /// Fraction of requests that fail (half `503 SlowDown`, half a dropped connection).
+    /// Fraction of requests that fail (half `503 SlowDown`, half a dropped connection), spread
+    /// evenly over the requests in arrival order rather than drawn at random.
     pub fail_rate: f64,
     /// Delay of every request, in milliseconds.
     pub delay_ms: u64,

@@ -9,7 +9,9 @@
 //! Fault injection: `--fail-rate P` makes a fraction P of the requests fail before they reach
 //! the store, half of them with `503 SlowDown` (the throttling answer of S3) and half by dropping
 //! the connection without an answer; each is logged on stderr as a line starting with
-//! `injected fault:`. `--delay-ms N` delays every request by N ms (a slow server).
+//! `injected fault:`. The faults are spread evenly, not drawn at random: request n (counted from
+//! 1 in arrival order) fails when `floor(n * P)` grows, so N requests carry `floor(N * P)` faults
+//! and a test's fault count depends only on how many requests it makes. `--delay-ms N` delays every request by N ms (a slow server).
 //!
 //! Usage: `bv-s3-server [--port N] [--fail-rate P] [--delay-ms N] [--bucket NAME]... ROOT`
 use std::convert::Infallible;
@@ -17,13 +19,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
-use rand::Rng;
 use s3s::auth::SimpleAuth;
 use s3s::service::{S3Service, S3ServiceBuilder};
 use s3s::{Body, HttpError, HttpResponse};
@@ -99,6 +102,15 @@ struct Faulty {
     inner: S3Service,
     fail_rate: f64,
     delay: Duration,
+    requests: Arc<AtomicU64>,
+}
+
+/// What request `n` (counted from 1) gets: `None` to pass, else the ordinal of its fault
+/// (1, 2, ...); faults alternate between `503 SlowDown` (odd) and a dropped connection (even).
+fn fault_of(n: u64, rate: f64) -> Option<u64> {
+    let before = ((n - 1) as f64 * rate).floor() as u64;
+    let now = (n as f64 * rate).floor() as u64;
+    (now > before).then_some(now)
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<HttpResponse, HttpError>> + Send>>;
@@ -109,13 +121,14 @@ impl Service<hyper::Request<Incoming>> for Faulty {
     type Future = BoxFuture;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
-        let roll: f64 = rand::thread_rng().gen();
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        let fault = fault_of(n, self.fail_rate);
         let this = self.clone();
         Box::pin(async move {
             if !this.delay.is_zero() {
                 tokio::time::sleep(this.delay).await;
             }
-            if roll < this.fail_rate / 2.0 {
+            if fault.is_some_and(|k| k % 2 == 1) {
                 eprintln!(
                     "injected fault: 503 SlowDown for {} {}",
                     req.method(),
@@ -123,7 +136,7 @@ impl Service<hyper::Request<Incoming>> for Faulty {
                 );
                 return Ok(slow_down());
             }
-            if roll < this.fail_rate {
+            if fault.is_some() {
                 eprintln!("injected fault: dropped {} {}", req.method(), req.uri());
                 return Err(HttpError::new("injected connection drop".into()));
             }
@@ -176,6 +189,7 @@ async fn serve(o: Opts, keys: Option<(String, String)>) -> Result<Infallible, St
         inner: b.build(),
         fail_rate: o.fail_rate,
         delay: o.delay,
+        requests: Arc::new(AtomicU64::new(0)),
     };
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], o.port)))
         .await
@@ -198,5 +212,20 @@ async fn serve(o: Opts, keys: Option<(String, String)>) -> Result<Infallible, St
         tokio::spawn(async move {
             let _ = conn.await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fault_of;
+
+    #[test]
+    fn faults_are_spread_evenly_and_alternate() {
+        let faults: Vec<(u64, u64)> = (1..=40)
+            .filter_map(|n| fault_of(n, 0.1).map(|k| (n, k)))
+            .collect();
+        assert_eq!(faults, vec![(10, 1), (20, 2), (30, 3), (40, 4)]);
+        assert!((1..=50).all(|n| fault_of(n, 1.0).is_some()));
+        assert!((1..=50).all(|n| fault_of(n, 0.0).is_none()));
     }
 }
