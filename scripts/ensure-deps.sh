@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs what a fresh Debian machine lacks to build blockvault: libclang (for librocksdb-sys's
-# bindgen) and a C++ compiler. Idempotent; does nothing when everything is present.
+# Installs what a fresh Debian machine lacks to build and test blockvault: libclang (for
+# librocksdb-sys's bindgen), a C++ compiler, and python-cinderclient (the real `cinder` command
+# the Cinder REST tests drive) in a virtualenv. Idempotent; does nothing when everything is
+# present.
 set -euo pipefail
 
 # bindgen loads libclang through clang-sys, which looks for `libclang.so`, `libclang-*.so` and
@@ -33,6 +35,7 @@ missing=()
 have_libclang || missing+=(libclang-dev)
 command -v g++ >/dev/null || missing+=(g++)
 command -v losetup >/dev/null || missing+=(mount)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 
 if ((${#missing[@]})); then
   echo "ensure-deps: installing ${missing[*]}" >&2
@@ -41,4 +44,14 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# python-cinderclient, pinned, in its own virtualenv (PyPI): `BV_CINDER` in scripts/test.sh.
+CINDER_VENV="${BV_CINDERCLIENT_VENV:-$HOME/.cache/blockvault/cinderclient}"
+CINDERCLIENT_VERSION=9.10.0
+if [[ ! -x $CINDER_VENV/bin/cinder ]] ||
+  [[ $("$CINDER_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("python-cinderclient"))' 2>/dev/null) != "$CINDERCLIENT_VERSION" ]]; then
+  echo "ensure-deps: installing python-cinderclient $CINDERCLIENT_VERSION into $CINDER_VENV" >&2
+  python3 -m venv "$CINDER_VENV"
+  "$CINDER_VENV/bin/pip" install -q --disable-pip-version-check "python-cinderclient==$CINDERCLIENT_VERSION"
 fi

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
+export BV_CINDER="${BV_CINDERCLIENT_VENV:-$HOME/.cache/blockvault/cinderclient}/bin/cinder"
 if cargo fmt --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
 else

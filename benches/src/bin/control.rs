@@ -147,6 +147,7 @@ fn config(dir: &Path) -> Config {
     // The operator runs the bench on images wherever they are; only the daemon's own files
     // stay unregistrable.
     c.volumes.allowed_paths = vec![PathBuf::from("/")];
+    c.cinder.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 

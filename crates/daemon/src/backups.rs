@@ -327,12 +327,70 @@ impl<'a> Backups<'a> {
         caller.must_write()?;
         let id = parse_uuid("backup_id", id)?;
         visible_backup(&self.rows.lock(), caller, &id)?;
-        self.delete_checked(id, false)
+        self.delete_checked(id, false, false)
     }
 
-    /// Deletes a backup after the checks every delete passes: status, dependents, and (unless
-    /// `by_retention`) the vault lock.
-    pub(crate) fn delete_checked(&self, id: Uuid, by_retention: bool) -> Result<()> {
+    /// Cinder's `os-force_delete` (admins): deletes a backup whatever its status, unless a job
+    /// still works on it (cancel the job first). Dependents and vault locks still refuse.
+    pub fn force_delete(&self, caller: &Caller, id: &str) -> Result<()> {
+        must_be_admin(caller, "os-force_delete")?;
+        let id = parse_uuid("backup_id", id)?;
+        {
+            let st = self.rows.lock();
+            visible_backup(&st, caller, &id)?;
+            if let Some(j) = st
+                .jobs
+                .values()
+                .find(|j| j.backup_id == id && !j.state.is_final())
+            {
+                return Err(Error::failed_precondition(format!(
+                    "backup {id} is used by {} job {}; cancel the job first",
+                    j.state.as_str(),
+                    j.id
+                )));
+            }
+        }
+        self.delete_checked(id, false, true)
+    }
+
+    /// Cinder's `os-reset_status` (admins): sets the status of a backup that no job works on to
+    /// `available` or `error`, to mend one left behind by a fault.
+    pub fn reset_status(&self, caller: &Caller, id: &str, status: &str) -> Result<BackupRow> {
+        must_be_admin(caller, "os-reset_status")?;
+        let id = parse_uuid("backup_id", id)?;
+        let status = match status {
+            "available" => BackupStatus::Available,
+            "error" => BackupStatus::Error,
+            other => {
+                return Err(Error::invalid(
+                    "status",
+                    format!("{other:?} is not one of available, error"),
+                ))
+            }
+        };
+        let mut st = self.rows.lock();
+        let mut b = visible_backup(&st, caller, &id)?.clone();
+        if let Some(j) = st
+            .jobs
+            .values()
+            .find(|j| j.backup_id == id && !j.state.is_final())
+        {
+            return Err(Error::failed_precondition(format!(
+                "backup {id} is used by {} job {}; its status changes when the job ends",
+                j.state.as_str(),
+                j.id
+            )));
+        }
+        b.status = status;
+        b.updated_at = now();
+        Changes::backup(b.clone()).commit(&self.rows.db, &mut st)?;
+        tracing::info!(backup = %id, status = status.as_str(), "backup status reset");
+        Ok(b)
+    }
+
+    /// Deletes a backup after the checks every delete passes: status (unless `force`),
+    /// dependents, and (unless `by_retention`) the vault lock.
+    pub(crate) fn delete_checked(&self, id: Uuid, by_retention: bool, force: bool) -> Result<()> {
         {
             let mut st = self.rows.lock();
             let mut b = st
@@ -340,7 +398,7 @@ impl<'a> Backups<'a> {
                 .get(&id)
                 .cloned()
                 .ok_or_else(|| Error::not_found(format!("backup {id} not found")))?;
-            if !matches!(b.status, BackupStatus::Available | BackupStatus::Error) {
+            if !force && !matches!(b.status, BackupStatus::Available | BackupStatus::Error) {
                 return Err(Error::failed_precondition(format!(
                     "backup {id} is {}; only available or error backups can be deleted",
                     b.status.as_str()
@@ -673,7 +731,8 @@ fn parse_sort(s: &str) -> Result<Vec<(SortKey, bool)>> {
             let (k, dir) = part.trim().split_once(':').unwrap_or((part.trim(), "asc"));
             let key = match k.trim() {
                 "id" => SortKey::Id,
-                "name" => SortKey::Name,
+                // `display_name` is the column name the cinder client sends for `name`.
+                "name" | "display_name" => SortKey::Name,
                 "status" => SortKey::Error,
                 "created_at" => SortKey::CreatedAt,
                 "updated_at" => SortKey::UpdatedAt,
@@ -699,4 +758,15 @@ fn parse_sort(s: &str) -> Result<Vec<(SortKey, bool)>> {
             Ok((key, desc))
         })
         .collect()
+}
+
+/// Refuses callers other than admins.
+fn must_be_admin(caller: &Caller, what: &str) -> Result<()> {
+    if caller.role != crate::config::Role::Admin {
+        return Err(Error::permission_denied(format!(
+            "{what} is for admins only; user {} is not an admin",
+            caller.user
+        )));
+    }
+    Ok(())
 }

@@ -236,6 +236,26 @@ impl Default for ServerConfig {
     }
 }
 
+/// `[cinder]`: the Cinder v3 REST front end.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CinderConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// Cinder's `noauth`: `X-Auth-Token: USER:PROJECT`, no secret (test beds only).
+    pub noauth: bool,
+}
+
+impl Default for CinderConfig {
+    fn default() -> Self {
+        CinderConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_CINDER_PORT)),
+            noauth: false,
+        }
+    }
+}
+
 /// `[tls]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -261,6 +281,7 @@ pub struct Config {
     pub volumes: VolumesConfig,
     pub vaults: VaultsConfig,
     pub server: ServerConfig,
+    pub cinder: CinderConfig,
     pub tokens: Vec<TokenConfig>,
     pub tls: Option<TlsConfig>,
 }
@@ -280,6 +301,7 @@ impl Default for Config {
             volumes: VolumesConfig::default(),
             vaults: VaultsConfig::default(),
             server: ServerConfig::default(),
+            cinder: CinderConfig::default(),
             tokens: Vec::new(),
             tls: None,
         }
@@ -292,6 +314,9 @@ pub const MAX_INTERVAL_SECONDS: u64 = 10 * 366 * 86_400;
 
 /// The default port of the gRPC listener.
 pub const DEFAULT_PORT: u16 = 8750;
+
+/// The default port of the Cinder REST listener (Cinder's own).
+pub const DEFAULT_CINDER_PORT: u16 = 8776;
 
 /// Refuses a secret file (key, token) that group or others may read, as ssh does with private
 /// keys.

@@ -14,6 +14,7 @@ pub mod api;
 pub mod auth;
 pub mod backups;
 pub mod check;
+pub mod cinder;
 pub mod config;
 pub mod control;
 pub mod error;

@@ -24,6 +24,10 @@ struct Args {
     /// address is written to <data-dir>/listen.addr).
     #[arg(long, value_name = "ADDR", env = "BLOCKVAULTD_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Address of the Cinder REST listener, overriding the config (port 0 picks a free port;
+    /// the bound address is written to <data-dir>/cinder.addr), or `off`.
+    #[arg(long, value_name = "ADDR|off", env = "BLOCKVAULTD_CINDER_LISTEN")]
+    cinder_listen: Option<String>,
     /// Data directory, overriding the config.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -48,6 +52,16 @@ fn run() -> Result<()> {
     if let Some(l) = args.listen {
         config.listen = l;
     }
+    match args.cinder_listen.as_deref() {
+        None => {}
+        Some("off") => config.cinder.enabled = false,
+        Some(a) => {
+            config.cinder.enabled = true;
+            config.cinder.listen = a
+                .parse()
+                .with_context(|| format!("--cinder-listen {a:?}: not ADDR:PORT or off"))?;
+        }
+    }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
@@ -61,11 +75,12 @@ fn run() -> Result<()> {
         .context("tokio runtime")?;
     rt.block_on(async move {
         let listen = config.listen;
+        let cinder = blockvault_daemon::server::bind_cinder(&config).await?;
         let daemon = tokio::task::spawn_blocking(move || Daemon::open(config)).await??;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
-        daemon.serve(listener, shutdown_signal()).await
+        daemon.serve(listener, cinder, shutdown_signal()).await
     })
 }
 

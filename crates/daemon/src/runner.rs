@@ -201,7 +201,7 @@ impl PolicyRunner {
             doomed
         };
         for id in doomed {
-            match self.control.backups().delete_checked(id, true) {
+            match self.control.backups().delete_checked(id, true, false) {
                 Ok(()) => tracing::info!(backup = %id, "pruned by retention"),
                 Err(e) => {
                     tracing::warn!(backup = %id, error = %e.message(), "retention could not delete")

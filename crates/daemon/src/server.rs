@@ -25,6 +25,8 @@ use crate::hostpath::HostPaths;
 
 /// File in the data directory holding the address the server bound.
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
+/// Name of the file holding the Cinder REST listener's bound address.
+pub const CINDER_ADDR_FILE: &str = "cinder.addr";
 
 /// How long shutdown waits for suspended jobs to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
@@ -166,13 +168,38 @@ impl Daemon {
 
     /// Serves on `listener` until `shutdown` completes, then shuts down cleanly: stops accepting,
     /// suspends running jobs back to the queue, and flushes the databases.
+    ///
+    /// `cinder` is the Cinder REST listener, when `[cinder]` is enabled (see [`bind_cinder`]).
     pub async fn serve(
         self,
         listener: TcpListener,
+        cinder: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let addr = listener.local_addr()?;
-        write_listen_addr(&self.config.data_dir, addr)?;
+        write_listen_addr(&self.config.data_dir, LISTEN_ADDR_FILE, addr)?;
+        let (rest_stop, rest_stopped) = tokio::sync::watch::channel(false);
+        let rest = match cinder {
+            Some(l) => {
+                let a = l.local_addr()?;
+                write_listen_addr(&self.config.data_dir, CINDER_ADDR_FILE, a)?;
+                if self.config.cinder.noauth {
+                    tracing::warn!(addr = %a, "Cinder REST in noauth mode: any caller may act \
+                        in any project by naming it in X-Auth-Token; use only on a test bed");
+                }
+                tracing::info!(addr = %a, "Cinder REST front end serving");
+                let router = crate::cinder::router(
+                    self.control.clone(),
+                    self.auth.clone(),
+                    self.config.cinder.noauth,
+                );
+                let mut stopped = rest_stopped;
+                Some(tokio::spawn(crate::cinder::serve(l, router, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })))
+            }
+            None => None,
+        };
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<VolumesServer<Api>>().await;
         reporter.set_serving::<BackupsServer<Api>>().await;
@@ -288,6 +315,7 @@ impl Daemon {
                 reporter.set_not_serving::<VaultsServer<Api>>().await;
                 reporter.set_not_serving::<PoliciesServer<Api>>().await;
                 reporter.set_not_serving::<MaintenanceServer<Api>>().await;
+                let _ = rest_stop.send(true);
                 c.jobs().begin_shutdown();
             }
         };
@@ -306,6 +334,13 @@ impl Daemon {
         verify.abort();
         locks.abort();
         pruner.abort();
+        if let Some(r) = rest {
+            match r.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "Cinder REST server"),
+                Err(e) => tracing::warn!(error = %e, "Cinder REST task"),
+            }
+        }
         tokio::task::spawn_blocking(move || control.jobs().finish_shutdown(SHUTDOWN_WAIT)).await?;
         tracing::info!("blockvaultd stopped");
         served.context("gRPC server")
@@ -356,17 +391,31 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_listen_addr(dir: &Path, addr: SocketAddr) -> Result<()> {
-    let tmp = dir.join(format!("{LISTEN_ADDR_FILE}.tmp"));
+fn write_listen_addr(dir: &Path, file: &str, addr: SocketAddr) -> Result<()> {
+    let tmp = dir.join(format!("{file}.tmp"));
     std::fs::write(&tmp, format!("{addr}\n"))?;
-    std::fs::rename(&tmp, dir.join(LISTEN_ADDR_FILE))?;
+    std::fs::rename(&tmp, dir.join(file))?;
     Ok(())
+}
+
+/// Binds the Cinder REST listener when `[cinder]` is enabled.
+pub async fn bind_cinder(config: &Config) -> Result<Option<TcpListener>> {
+    if !config.cinder.enabled {
+        return Ok(None);
+    }
+    let a = config.cinder.listen;
+    let l = TcpListener::bind(a)
+        .await
+        .with_context(|| format!("Cinder REST: listening on {a} ([cinder] listen)"))?;
+    Ok(Some(l))
 }
 
 /// A daemon running on a tokio task (tests, benches, embedding).
 pub struct Running {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The Cinder REST address, when enabled.
+    pub cinder_addr: Option<SocketAddr>,
     /// The admin token.
     pub admin_token: String,
     /// The control plane (for inspection).
@@ -393,6 +442,8 @@ impl Running {
 /// Opens and starts a daemon on `config.listen` (port 0 picks a free port).
 pub async fn start(config: Config) -> Result<Running> {
     let listen = config.listen;
+    let cinder = bind_cinder(&config).await?;
+    let cinder_addr = cinder.as_ref().map(|l| l.local_addr()).transpose()?;
     let daemon = tokio::task::spawn_blocking(move || Daemon::open(config)).await??;
     let listener = TcpListener::bind(listen)
         .await
@@ -401,11 +452,12 @@ pub async fn start(config: Config) -> Result<Running> {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let admin_token = daemon.admin_token().to_string();
     let control = daemon.control().clone();
-    let task = tokio::spawn(daemon.serve(listener, async move {
+    let task = tokio::spawn(daemon.serve(listener, cinder, async move {
         let _ = rx.await;
     }));
     Ok(Running {
         addr,
+        cinder_addr,
         admin_token,
         control,
         stop: Some(tx),

@@ -698,8 +698,8 @@ mod tests {
         assert!(want.values().any(|n| *n > 1), "the image repeats chunks");
 
         // Deleting both leaves nothing behind.
-        control.backups().delete_checked(b, false).unwrap();
-        control.backups().delete_checked(a, false).unwrap();
+        control.backups().delete_checked(b, false, false).unwrap();
+        control.backups().delete_checked(a, false, false).unwrap();
         assert_eq!(used(&control, &vault), 0);
         assert!(control.rows.db.vault_chunks(&vault).unwrap().is_empty());
         assert!(control.rows.db.charges().unwrap().is_empty());

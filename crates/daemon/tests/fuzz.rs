@@ -128,6 +128,7 @@ fn live() -> Live {
         ..Default::default()
     };
     config.engine.threads = 1;
+    config.cinder.enabled = false;
     let key_file = config.key_file();
     let daemon = Daemon::open(config).expect("open a daemon in a temporary directory");
     let master = MasterKey::parse(&std::fs::read_to_string(&key_file).unwrap()).unwrap();

@@ -65,6 +65,7 @@ pub fn config(dir: &Path, tokens: Vec<TokenConfig>) -> Config {
         ..Default::default()
     };
     c.engine.threads = 2;
+    c.cinder.listen = "127.0.0.1:0".parse().unwrap();
     c.volumes.allowed_paths = dir.parent().map(Path::to_path_buf).into_iter().collect();
     c
 }
