@@ -4,7 +4,9 @@
 //! 1. **Latency**: a daemon runs in-process on 127.0.0.1:0 with `--backups` small backups on
 //!    record. While two backups of `--image` run back to back (two volumes, concurrency 2), client
 //!    tasks call `Backups.Get` and `Backups.List` (detail view, limit 50) for `--seconds` each, over
-//!    the real gRPC stack. Reported: calls per second and p50/p99/max latency.
+//!    the real gRPC stack, and then the same two calls over the Cinder REST front end
+//!    (`GET /v3/{project}/backups/{id}` and `/backups/detail?limit=50`, one TCP connection per
+//!    call, as each `cinder` command makes). Reported: calls per second and p50/p99/max latency.
 //! 2. **Throughput**: a full backup of `--image` through the daemon (Create, then Watch until
 //!    done) against `Engine::backup` of the same image into a fresh store, alternating, `--runs`
 //!    times each; medians and the daemon's overhead in percent. The daemon runs twice per round:
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use base64::Engine as _;
 use blockvault_core::VolumeId;
 use blockvault_daemon::Config;
 use blockvault_engine::{BackupOptions, Engine, EngineOptions};
@@ -126,6 +129,26 @@ async fn backup(c: &mut Client, volume: &str, container: &str, incremental: bool
     let last = last.context("empty watch")?;
     ensure!(last.state == "succeeded", "backup job ended {last:?}");
     Ok(t.elapsed().as_secs_f64())
+}
+
+/// One HTTP/1.1 GET on a new connection; fails unless the answer is 200.
+async fn rest_get(addr: std::net::SocketAddr, path: &str, auth: &str) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\n\
+         OpenStack-API-Version: volume 3.64\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await?;
+    ensure!(
+        resp.starts_with(b"HTTP/1.1 200"),
+        "GET {path}: {}",
+        String::from_utf8_lossy(&resp[..resp.len().min(200)])
+    );
+    Ok(())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -306,6 +329,7 @@ async fn main() -> Result<()> {
         .summaries[0]
         .id
         .clone();
+    let any_id = any.clone();
     let get = {
         let c = c.clone();
         move || {
@@ -339,6 +363,28 @@ async fn main() -> Result<()> {
     };
     let (get_rate, get_lat) = load(args.clients, args.seconds, get).await?;
     let (list_rate, list_lat) = load(args.clients, args.seconds, list).await?;
+    let cinder = d.cinder_addr.context("the Cinder REST listener is off")?;
+    // HTTP Basic `user:token`, as `cinder --os-auth-type http_basic` sends it.
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{}", d.admin_token))
+    );
+    let rest_get_one = {
+        let (auth, path) = (auth.clone(), format!("/v3/admin/backups/{any_id}"));
+        move || {
+            let (auth, path) = (auth.clone(), path.clone());
+            async move { rest_get(cinder, &path, &auth).await }
+        }
+    };
+    let rest_list = {
+        let auth = auth.clone();
+        move || {
+            let auth = auth.clone();
+            async move { rest_get(cinder, "/v3/admin/backups/detail?limit=50", &auth).await }
+        }
+    };
+    let (rget_rate, rget_lat) = load(args.clients, args.seconds, rest_get_one).await?;
+    let (rlist_rate, rlist_lat) = load(args.clients, args.seconds, rest_list).await?;
     busy.store(false, Ordering::Relaxed);
     let mut backups_during = 0;
     for l in loaders {
@@ -353,6 +399,8 @@ async fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|");
     report("Backups.Get", get_rate, &get_lat);
     report("Backups.List detail, 50 items", list_rate, &list_lat);
+    report("REST GET /backups/{id}", rget_rate, &rget_lat);
+    report("REST GET /backups/detail?limit=50", rlist_rate, &rlist_lat);
     println!();
     println!(
         "({} clients per call type, {} s each; {backups_during} backups completed meanwhile)",

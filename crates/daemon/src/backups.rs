@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::jobs::Jobs;
 use crate::model::*;
 use crate::page::{window, PageQuery};
-use crate::state::{visible_backup, visible_volume, Changes, Rows};
+use crate::state::{visible_backup, visible_volume, Changes, Rows, State};
 use crate::usage::Usage;
 
 /// What Backups.Create asks for.
@@ -338,11 +338,7 @@ impl<'a> Backups<'a> {
         {
             let st = self.rows.lock();
             visible_backup(&st, caller, &id)?;
-            if let Some(j) = st
-                .jobs
-                .values()
-                .find(|j| j.backup_id == id && !j.state.is_final())
-            {
+            if let Some(j) = active_job(&st, id) {
                 return Err(Error::failed_precondition(format!(
                     "backup {id} is used by {} job {}; cancel the job first",
                     j.state.as_str(),
@@ -370,11 +366,7 @@ impl<'a> Backups<'a> {
         };
         let mut st = self.rows.lock();
         let mut b = visible_backup(&st, caller, &id)?.clone();
-        if let Some(j) = st
-            .jobs
-            .values()
-            .find(|j| j.backup_id == id && !j.state.is_final())
-        {
+        if let Some(j) = active_job(&st, id) {
             return Err(Error::failed_precondition(format!(
                 "backup {id} is used by {} job {}; its status changes when the job ends",
                 j.state.as_str(),
@@ -769,4 +761,11 @@ fn must_be_admin(caller: &Caller, what: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The queued or running job of a backup, if any.
+fn active_job(st: &State, backup: Uuid) -> Option<&JobRow> {
+    st.jobs
+        .values()
+        .find(|j| j.backup_id == backup && !j.state.is_final())
 }

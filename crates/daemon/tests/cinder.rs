@@ -161,13 +161,17 @@ fn basic(token: &str) -> String {
     )
 }
 
-/// Waits until the backup's row has `status`.
-fn wait_status(control: &blockvault_daemon::control::Control, id: &str, status: &str) {
-    let admin = blockvault_daemon::auth::Caller {
+fn admin_caller() -> blockvault_daemon::auth::Caller {
+    blockvault_daemon::auth::Caller {
         project: "admin".into(),
         user: "admin".into(),
         role: Role::Admin,
-    };
+    }
+}
+
+/// Waits until the backup's row has `status`.
+fn wait_status(control: &blockvault_daemon::control::Control, id: &str, status: &str) {
+    let admin = admin_caller();
     let t = Instant::now();
     loop {
         let (b, _) = control.backups().get(&admin, id).unwrap();
@@ -186,11 +190,7 @@ fn wait_status(control: &blockvault_daemon::control::Control, id: &str, status: 
 
 /// Waits until no job of the daemon is queued or running.
 fn wait_idle(control: &blockvault_daemon::control::Control) {
-    let admin = blockvault_daemon::auth::Caller {
-        project: "admin".into(),
-        user: "admin".into(),
-        role: Role::Admin,
-    };
+    let admin = admin_caller();
     let t = Instant::now();
     loop {
         let (jobs, _) = control
