@@ -15,6 +15,7 @@
 //! - Key material is zeroized on drop and never printed (`Debug` is redacted).
 
 pub mod chunker;
+pub mod clock;
 pub mod envelope;
 pub mod error;
 pub mod format;
@@ -25,6 +26,7 @@ pub mod record;
 pub mod varint;
 
 pub use chunker::{Chunker, ChunkerParams};
+pub use clock::unix_now;
 pub use envelope::{Compression, EnvelopeCodec};
 pub use error::{Error, Result};
 pub use id::{BackupId, ChunkId, PackId, VolumeId};

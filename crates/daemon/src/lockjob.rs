@@ -31,12 +31,6 @@ fn locked_backups(control: &Control) -> Vec<Uuid> {
         .collect()
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// One run: with `probe`, asks the store whether it can lock (one request to a bucket; the
 /// hourly runs do, so a bucket that gains or loses Object Lock is noticed), then retains what
 /// is due. Returns the backups retained.
@@ -53,7 +47,7 @@ pub fn run_once(control: &Control, keeper: &LockKeeper, probe: bool) -> usize {
     if !keeper.enforced() {
         return 0;
     }
-    let (until, renew_after) = keeper.options.window(now_secs());
+    let (until, renew_after) = keeper.options.window(blockvault_core::unix_now());
     let mut n = 0;
     for id in locked_backups(control) {
         match control

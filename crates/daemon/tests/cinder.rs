@@ -635,3 +635,41 @@ async fn fields_follow_the_microversion_and_match_grpc() {
     assert_eq!(r["user_id"], grpc.user_id);
     d.stop().await.unwrap();
 }
+
+/// Cinder's `noauth` (`X-Auth-Token: USER:PROJECT`, no secret) works only when the config asks
+/// for it, and then acts as a member of that project only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn noauth_only_when_configured() {
+    for noauth in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(&dir.path().join("data"), vec![]);
+        cfg.cinder.noauth = noauth;
+        let d = blockvault_daemon::start(cfg).await.unwrap();
+        let addr = d.cinder_addr.unwrap();
+        let (own, other, admin_only) = tokio::task::spawn_blocking(move || {
+            let h = [("X-Auth-Token", "carol:p7")];
+            (
+                http(addr, "GET", "/v3/p7/backups", &h, "").0,
+                http(addr, "GET", "/v3/p8/backups", &h, "").0,
+                http(
+                    addr,
+                    "POST",
+                    "/v3/p7/backups/6f1a1a8e-0000-4000-8000-000000000000/action",
+                    &h,
+                    "{\"os-force_delete\": {}}",
+                )
+                .0,
+            )
+        })
+        .await
+        .unwrap();
+        if noauth {
+            assert_eq!(own, 200, "noauth: user:project acts in its project");
+            assert_eq!(other, 403, "noauth: and in no other");
+            assert_eq!(admin_only, 403, "noauth: a member, not an admin");
+        } else {
+            assert_eq!((own, other, admin_only), (401, 401, 401));
+        }
+        d.stop().await.unwrap();
+    }
+}

@@ -53,13 +53,6 @@ pub struct VerifyReport {
     pub packs_skipped: u64,
 }
 
-/// Seconds since the Unix epoch.
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl VerifyReport {
     fn problem_count(&self) -> usize {
         self.corrupt.len() + self.missing.len()
@@ -289,7 +282,7 @@ impl Engine {
         // 2. Every stored chunk that an available backup references must open and hash right:
         // pack by pack, in the order the trailer lists them, so an object store serves each
         // run of entries with one ranged GET.
-        let now = unix_now();
+        let now = blockvault_core::unix_now();
         let mut due = Vec::new();
         for (pack, info) in self.store.sealed_packs()? {
             let fresh = !period.is_zero()

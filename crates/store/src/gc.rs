@@ -309,7 +309,7 @@ impl Store {
             *live.entry(loc.pack).or_default() += loc.entry_len();
         }
         let mut rewrite = HashSet::new();
-        let now = crate::retention::now_secs();
+        let now = blockvault_core::unix_now();
         for (id, info) in sealed {
             let l = live.get(&id).copied().unwrap_or(0);
             let candidate = l == 0 || (l as f64) < opts.rewrite_below * info.size as f64;
@@ -395,7 +395,7 @@ impl Store {
                 .map_err(|e| Error::io(self.packs.describe(id), e))?;
             let old: HashMap<ChunkId, ChunkLoc> = moved.drain(..).collect();
             let _g = self.lifecycle.lock();
-            let now = crate::retention::now_secs();
+            let now = blockvault_core::unix_now();
             let mut b = WriteBatch::default();
             for (cid, new_loc) in &entries {
                 let Some(was) = old.get(cid).copied() else {

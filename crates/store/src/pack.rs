@@ -440,9 +440,7 @@ impl MemoryPacks {
 
     /// Notes a delete of `object` that a locked bucket would only hide.
     fn note_delete(&self, object: Object<'_>) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = blockvault_core::unix_now();
         if self.retention(object).is_some_and(|until| until > now) {
             self.hidden_retained.lock().push(memory_name(object));
         }

@@ -82,9 +82,7 @@ fn move_index_aside(dir: &Path) -> Result<Option<PathBuf>> {
     if !index.exists() {
         return Ok(None);
     }
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = blockvault_core::unix_now();
     let mut aside = dir.join(format!("index.damaged-{secs}"));
     let mut n = 1;
     while aside.exists() {

@@ -54,12 +54,6 @@ fn decode_secs(v: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(v).ok().map(u64::from_le_bytes)
 }
 
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Store {
     /// Whether this store's objects can be kept under retention (asks the backend).
     pub fn object_lock(&self) -> Result<ObjectLock> {
