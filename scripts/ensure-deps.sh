@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test blockvault: libclang (for
 # librocksdb-sys's bindgen), a C++ compiler, and python-cinderclient (the real `cinder` command
-# the Cinder REST tests drive) in a virtualenv. Idempotent; does nothing when everything is
+# the Cinder REST tests drive) in a virtualenv, and `promtool` (which checks the daemon's /metrics
+# scrape) unpacked from Debian's `prometheus` package. Idempotent; does nothing when everything is
 # present.
 set -euo pipefail
 
@@ -54,4 +55,21 @@ if [[ ! -x $CINDER_VENV/bin/cinder ]] ||
   echo "ensure-deps: installing python-cinderclient $CINDERCLIENT_VERSION into $CINDER_VENV" >&2
   python3 -m venv "$CINDER_VENV"
   "$CINDER_VENV/bin/pip" install -q --disable-pip-version-check "python-cinderclient==$CINDERCLIENT_VERSION"
+fi
+
+# promtool, from Debian's `prometheus` package, unpacked (not installed: installing would also
+# start a Prometheus server on the machine): `BV_PROMTOOL` in scripts/test.sh.
+PROMTOOL_DIR="${BV_PROMTOOL_DIR:-$HOME/.cache/blockvault/promtool}"
+if [[ ! -x $PROMTOOL_DIR/usr/bin/promtool ]]; then
+  echo "ensure-deps: unpacking promtool from Debian's prometheus package into $PROMTOOL_DIR" >&2
+  tmp=$(mktemp -d)
+  if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+    SUDO=""
+    [[ $(id -u) == 0 ]] || SUDO=sudo
+    $SUDO apt-get update -qq
+    (cd "$tmp" && apt-get download prometheus >/dev/null)
+  fi
+  mkdir -p "$PROMTOOL_DIR"
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$PROMTOOL_DIR"
+  rm -rf "$tmp"
 fi

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
 export BV_CINDER="${BV_CINDERCLIENT_VENV:-$HOME/.cache/blockvault/cinderclient}/bin/cinder"
+export BV_PROMTOOL="${BV_PROMTOOL_DIR:-$HOME/.cache/blockvault/promtool}/usr/bin/promtool"
 if cargo fmt --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
 else

@@ -171,6 +171,7 @@ fn config(dir: &Path) -> Config {
     // stay unregistrable.
     c.volumes.allowed_paths = vec![PathBuf::from("/")];
     c.cinder.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics.listen = "127.0.0.1:0".parse().unwrap();
     c
 }
 

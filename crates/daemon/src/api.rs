@@ -941,7 +941,7 @@ impl pb::maintenance_server::Maintenance for Api {
                 ));
             }
             let t = std::time::Instant::now();
-            let r = c.engine().gc().map_err(Error::from)?;
+            let r = c.gc().map_err(Error::from)?;
             Ok(pb::GcReport {
                 reclaimed_bytes: r.reclaimed_bytes(),
                 dead_refs: r.dead_refs,

@@ -256,6 +256,34 @@ impl Default for CinderConfig {
     }
 }
 
+/// `[metrics]`: the Prometheus scrape endpoint (`GET /metrics`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
+        }
+    }
+}
+
+/// How log lines look (`log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
 /// `[tls]`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,6 +301,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub restore_dir: Option<PathBuf>,
     pub log: String,
+    pub log_format: LogFormat,
     pub jobs: JobsConfig,
     pub gc: GcConfig,
     pub verify: VerifyConfig,
@@ -282,6 +311,7 @@ pub struct Config {
     pub vaults: VaultsConfig,
     pub server: ServerConfig,
     pub cinder: CinderConfig,
+    pub metrics: MetricsConfig,
     pub tokens: Vec<TokenConfig>,
     pub tls: Option<TlsConfig>,
 }
@@ -293,6 +323,7 @@ impl Default for Config {
             data_dir: PathBuf::from("blockvault-data"),
             restore_dir: None,
             log: "info".into(),
+            log_format: LogFormat::Text,
             jobs: JobsConfig::default(),
             gc: GcConfig::default(),
             verify: VerifyConfig::default(),
@@ -302,6 +333,7 @@ impl Default for Config {
             vaults: VaultsConfig::default(),
             server: ServerConfig::default(),
             cinder: CinderConfig::default(),
+            metrics: MetricsConfig::default(),
             tokens: Vec::new(),
             tls: None,
         }
@@ -317,6 +349,9 @@ pub const DEFAULT_PORT: u16 = 8750;
 
 /// The default port of the Cinder REST listener (Cinder's own).
 pub const DEFAULT_CINDER_PORT: u16 = 8776;
+
+/// The default port of the Prometheus scrape endpoint.
+pub const DEFAULT_METRICS_PORT: u16 = 9750;
 
 /// Refuses a secret file (key, token) that group or others may read, as ssh does with private
 /// keys.

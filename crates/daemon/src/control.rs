@@ -8,13 +8,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use blockvault_engine::Engine;
+use blockvault_engine::{Engine, Error as EngineError};
+use blockvault_store::GcReport;
 use uuid::Uuid;
 
 use crate::backups::Backups;
 use crate::config::DedupScope;
 use crate::hostpath::HostPaths;
-use crate::jobs::{recover, Jobs};
+use crate::jobs::{recover, Jobs, JobsOptions};
+use crate::metrics::Metrics;
 use crate::model::*;
 use crate::policy::Policies;
 use crate::state::{Rows, State};
@@ -67,6 +69,7 @@ pub struct Control {
     pub(crate) rows: Arc<Rows>,
     pub(crate) usage: Arc<Usage>,
     jobs: Arc<Jobs>,
+    metrics: Arc<Metrics>,
     restore_dir: PathBuf,
     host: HostPaths,
     pub(crate) max_vault_resources: usize,
@@ -112,18 +115,23 @@ impl Control {
             .collect();
         let rows = Arc::new(Rows::new(db, st));
         let usage = Arc::new(Usage::new(rows.clone(), engine.clone()));
+        let metrics = Arc::new(Metrics::new());
         let jobs = Arc::new(Jobs::new(
             rows.clone(),
             engine.clone(),
             usage.clone(),
-            opts.host.clone(),
-            opts.dedup,
-            opts.concurrency,
-            opts.max_queued,
+            metrics.clone(),
+            JobsOptions {
+                host: opts.host.clone(),
+                dedup: opts.dedup,
+                concurrency: opts.concurrency,
+                max_queued: opts.max_queued,
+            },
         ));
         let control = Arc::new(Control {
             usage,
             jobs,
+            metrics,
             engine,
             rows,
             restore_dir,
@@ -146,6 +154,20 @@ impl Control {
     /// The engine.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// The daemon's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Runs GC on the store and counts the run in the metrics. Blocking.
+    pub fn gc(&self) -> Result<GcReport, EngineError> {
+        let t0 = std::time::Instant::now();
+        let r = self.engine.gc();
+        let reclaimed = r.as_ref().ok().map(GcReport::reclaimed_bytes);
+        self.metrics.gc_done(reclaimed, t0.elapsed().as_secs_f64());
+        r
     }
 
     /// What a vault lock means in the store, and the bell of the job that renews it.

@@ -26,6 +26,7 @@ use crate::check::parse_uuid;
 use crate::config::DedupScope;
 use crate::error::{Error, Result};
 use crate::hostpath::{HostPaths, Identity};
+use crate::metrics::{BackupFigures, Metrics};
 use crate::model::*;
 use crate::page::{window, PageQuery};
 use crate::state::{live, Changes, JobProgress, Rows, Running, State};
@@ -35,11 +36,20 @@ const INTERRUPTED: &str =
     "interrupted: the daemon stopped while this job was running; run it again";
 const CANCELLED: &str = "cancelled by user";
 
+/// How the scheduler runs jobs.
+pub(crate) struct JobsOptions {
+    pub(crate) host: HostPaths,
+    pub(crate) dedup: DedupScope,
+    pub(crate) concurrency: usize,
+    pub(crate) max_queued: usize,
+}
+
 /// The scheduler and the job calls.
 pub struct Jobs {
     rows: Arc<Rows>,
     engine: Arc<Engine>,
     usage: Arc<Usage>,
+    metrics: Arc<Metrics>,
     host: HostPaths,
     dedup: DedupScope,
     concurrency: usize,
@@ -48,24 +58,22 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         rows: Arc<Rows>,
         engine: Arc<Engine>,
         usage: Arc<Usage>,
-        host: HostPaths,
-        dedup: DedupScope,
-        concurrency: usize,
-        max_queued: usize,
+        metrics: Arc<Metrics>,
+        opts: JobsOptions,
     ) -> Jobs {
         Jobs {
             rows,
             engine,
             usage,
-            host,
-            dedup,
-            concurrency: concurrency.max(1),
-            max_queued: max_queued.max(1),
+            metrics,
+            host: opts.host,
+            dedup: opts.dedup,
+            concurrency: opts.concurrency.max(1),
+            max_queued: opts.max_queued.max(1),
             shutting_down: AtomicBool::new(false),
         }
     }
@@ -479,8 +487,32 @@ impl Jobs {
         }
         let j = &st.jobs[&id];
         tracing::info!(job = %id, state = j.state.as_str(), reason = j.fail_reason.as_deref().unwrap_or(""), "job ended");
+        let ended = j.state.is_final().then(|| j.clone());
         drop(st);
         self.rows.bump();
+        if let Some(j) = ended {
+            self.count(&j, &run.progress);
+        }
+    }
+
+    /// Counts an ended job in the metrics.
+    fn count(&self, job: &JobRow, p: &JobProgress) {
+        let seconds = match (job.started_at, job.finished_at) {
+            (Some(s), Some(f)) => (f - s).as_seconds_f64().max(0.0),
+            _ => 0.0,
+        };
+        self.metrics
+            .job_finished(job.kind.as_str(), job.state.as_str(), seconds);
+        match job.kind {
+            JobKind::Backup => self.metrics.backup_done(BackupFigures {
+                read: p.done.load(Ordering::Relaxed),
+                stored: p.stored.load(Ordering::Relaxed),
+                new_chunks: p.new_chunks.load(Ordering::Relaxed),
+                deduplicated_chunks: p.found_chunks.load(Ordering::Relaxed),
+                deduplicated: p.found_bytes.load(Ordering::Relaxed),
+            }),
+            JobKind::Restore => self.metrics.restore_done(p.done.load(Ordering::Relaxed)),
+        }
     }
 
     /// First step of shutdown: start no more jobs, suspend running ones (they go back to the

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use blockvault_daemon::config::LogFormat;
+use blockvault_daemon::server::Listeners;
 use blockvault_daemon::{Config, Daemon};
 use clap::Parser;
 
@@ -28,6 +30,10 @@ struct Args {
     /// the bound address is written to <data-dir>/cinder.addr), or `off`.
     #[arg(long, value_name = "ADDR|off", env = "BLOCKVAULTD_CINDER_LISTEN")]
     cinder_listen: Option<String>,
+    /// Address of the Prometheus metrics listener, overriding the config (port 0 picks a free
+    /// port; the bound address is written to <data-dir>/metrics.addr), or `off`.
+    #[arg(long, value_name = "ADDR|off", env = "BLOCKVAULTD_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Data directory, overriding the config.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -52,15 +58,13 @@ fn run() -> Result<()> {
     if let Some(l) = args.listen {
         config.listen = l;
     }
-    match args.cinder_listen.as_deref() {
-        None => {}
-        Some("off") => config.cinder.enabled = false,
-        Some(a) => {
-            config.cinder.enabled = true;
-            config.cinder.listen = a
-                .parse()
-                .with_context(|| format!("--cinder-listen {a:?}: not ADDR:PORT or off"))?;
-        }
+    if let Some(a) = &args.cinder_listen {
+        (config.cinder.enabled, config.cinder.listen) =
+            addr_or_off(a, "--cinder-listen", config.cinder.listen)?;
+    }
+    if let Some(a) = &args.metrics_listen {
+        (config.metrics.enabled, config.metrics.listen) =
+            addr_or_off(a, "--metrics-listen", config.metrics.listen)?;
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
@@ -68,20 +72,31 @@ fn run() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log))
         .context("log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let listen = config.listen;
-        let cinder = blockvault_daemon::server::bind_cinder(&config).await?;
+        let listeners = Listeners::bind(&config).await?;
         let daemon = tokio::task::spawn_blocking(move || Daemon::open(config)).await??;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("listening on {listen}"))?;
-        daemon.serve(listener, cinder, shutdown_signal()).await
+        daemon.serve(listeners, shutdown_signal()).await
     })
+}
+
+/// `off` (disabled, `current` kept) or an address for a listener flag.
+fn addr_or_off(value: &str, flag: &str, current: SocketAddr) -> Result<(bool, SocketAddr)> {
+    if value == "off" {
+        return Ok((false, current));
+    }
+    let a = value
+        .parse()
+        .with_context(|| format!("{flag} {value:?}: not ADDR:PORT or off"))?;
+    Ok((true, a))
 }
 
 /// Completes on SIGTERM or SIGINT.

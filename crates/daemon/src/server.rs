@@ -27,9 +27,52 @@ use crate::hostpath::HostPaths;
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
 /// Name of the file holding the Cinder REST listener's bound address.
 pub const CINDER_ADDR_FILE: &str = "cinder.addr";
+/// Name of the file holding the metrics listener's bound address.
+pub const METRICS_ADDR_FILE: &str = "metrics.addr";
+
+/// The daemon's listening sockets, bound before it opens its data so that a port in use fails
+/// the start at once.
+pub struct Listeners {
+    /// gRPC (`listen`).
+    pub grpc: TcpListener,
+    /// Cinder REST (`[cinder] listen`), when enabled.
+    pub cinder: Option<TcpListener>,
+    /// Prometheus metrics (`[metrics] listen`), when enabled.
+    pub metrics: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every listener the config asks for (port 0 picks a free port).
+    pub async fn bind(config: &Config) -> Result<Listeners> {
+        let grpc = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let cinder = match config.cinder.enabled {
+            true => Some(bind(config.cinder.listen, "Cinder REST", "[cinder] listen").await?),
+            false => None,
+        };
+        let metrics = match config.metrics.enabled {
+            true => Some(bind(config.metrics.listen, "metrics", "[metrics] listen").await?),
+            false => None,
+        };
+        Ok(Listeners {
+            grpc,
+            cinder,
+            metrics,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str, key: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: listening on {addr} ({key})"))
+}
 
 /// How long shutdown waits for suspended jobs to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+/// How long `serve` waits, after the jobs stopped, for the last handles to the store to drop.
+const RELEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// An opened daemon, ready to serve.
 pub struct Daemon {
@@ -166,16 +209,19 @@ impl Daemon {
         &self.admin_token
     }
 
-    /// Serves on `listener` until `shutdown` completes, then shuts down cleanly: stops accepting,
-    /// suspends running jobs back to the queue, and flushes the databases.
-    ///
-    /// `cinder` is the Cinder REST listener, when `[cinder]` is enabled (see [`bind_cinder`]).
+    /// Serves on `listeners` until `shutdown` completes, then shuts down cleanly: stops
+    /// accepting, suspends running jobs back to the queue, flushes the databases and closes the
+    /// store.
     pub async fn serve(
         self,
-        listener: TcpListener,
-        cinder: Option<TcpListener>,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
+        let Listeners {
+            grpc: listener,
+            cinder,
+            metrics,
+        } = listeners;
         let addr = listener.local_addr()?;
         write_listen_addr(&self.config.data_dir, LISTEN_ADDR_FILE, addr)?;
         let (rest_stop, rest_stopped) = tokio::sync::watch::channel(false);
@@ -197,6 +243,22 @@ impl Daemon {
                 Some(tokio::spawn(crate::cinder::serve(l, router, async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })))
+            }
+            None => None,
+        };
+        let scrape = match metrics {
+            Some(l) => {
+                let a = l.local_addr()?;
+                write_listen_addr(&self.config.data_dir, METRICS_ADDR_FILE, a)?;
+                tracing::info!(addr = %a, "metrics serving at /metrics");
+                let mut stopped = rest_stop.subscribe();
+                Some(tokio::spawn(crate::scrape::serve(
+                    l,
+                    crate::scrape::router(self.control.clone()),
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                )))
             }
             None => None,
         };
@@ -225,6 +287,15 @@ impl Daemon {
         let limits = &self.config.server;
         let max_msg = limits.max_message_bytes;
         let mut builder = Server::builder()
+            .layer(crate::grpc_metrics::GrpcMetricsLayer::new(
+                self.control.metrics().clone(),
+                crate::grpc_metrics::served_methods(&[
+                    blockvault_proto::FILE_DESCRIPTOR_SET,
+                    tonic_health::pb::FILE_DESCRIPTOR_SET,
+                    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+                ]),
+            ))
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
             .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_seconds)))
             .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_seconds)));
@@ -334,14 +405,18 @@ impl Daemon {
         verify.abort();
         locks.abort();
         pruner.abort();
-        if let Some(r) = rest {
-            match r.await {
+        for (what, task) in [("Cinder REST", rest), ("metrics", scrape)] {
+            let Some(task) = task else { continue };
+            match task.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "Cinder REST server"),
-                Err(e) => tracing::warn!(error = %e, "Cinder REST task"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "{what} server"),
+                Err(e) => tracing::warn!(error = %e, "{what} task"),
             }
         }
+        let engine = control.engine().clone();
         tokio::task::spawn_blocking(move || control.jobs().finish_shutdown(SHUTDOWN_WAIT)).await?;
+        drop(self);
+        release_store(engine, RELEASE_WAIT).await;
         tracing::info!("blockvaultd stopped");
         served.context("gRPC server")
     }
@@ -360,7 +435,7 @@ async fn scheduled_gc(control: Arc<Control>, interval: u64, turn: Arc<tokio::syn
         }
         let _turn = turn.lock().await;
         let c = control.clone();
-        match tokio::task::spawn_blocking(move || c.engine().gc()).await {
+        match tokio::task::spawn_blocking(move || c.gc()).await {
             Ok(Ok(r)) => tracing::info!(
                 reclaimed = r.reclaimed_bytes(),
                 chunks_removed = r.chunks_removed,
@@ -372,6 +447,26 @@ async fn scheduled_gc(control: Arc<Control>, interval: u64, turn: Arc<tokio::syn
             Err(e) => tracing::warn!(error = %e, "scheduled gc task failed"),
         }
     }
+}
+
+/// Waits (up to `wait`) until `engine` is the last handle to the store, then drops it, which
+/// closes the store and releases its lock. A job's thread, or a blocking call of a background
+/// task that was aborted mid-call, still holds a handle for a moment after it has reported
+/// done; without the wait, `serve` could return while the store is still open, and opening it
+/// again right away (a restart in the same process, `blockvault local`) would find it busy.
+async fn release_store(engine: Arc<blockvault_engine::Engine>, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    while Arc::strong_count(&engine) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                holders = Arc::strong_count(&engine) - 1,
+                "the store stays open after shutdown: something still holds it"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(engine);
 }
 
 /// Creates `dir` (and parents) and makes it 0700: it holds the store, keys and tokens.
@@ -398,24 +493,14 @@ fn write_listen_addr(dir: &Path, file: &str, addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-/// Binds the Cinder REST listener when `[cinder]` is enabled.
-pub async fn bind_cinder(config: &Config) -> Result<Option<TcpListener>> {
-    if !config.cinder.enabled {
-        return Ok(None);
-    }
-    let a = config.cinder.listen;
-    let l = TcpListener::bind(a)
-        .await
-        .with_context(|| format!("Cinder REST: listening on {a} ([cinder] listen)"))?;
-    Ok(Some(l))
-}
-
 /// A daemon running on a tokio task (tests, benches, embedding).
 pub struct Running {
     /// The bound address.
     pub addr: SocketAddr,
     /// The Cinder REST address, when enabled.
     pub cinder_addr: Option<SocketAddr>,
+    /// The metrics address, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     /// The admin token.
     pub admin_token: String,
     /// The control plane (for inspection).
@@ -431,33 +516,48 @@ impl Running {
     }
 
     /// Shuts the daemon down cleanly and waits for it.
-    pub async fn stop(mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
+    /// When it returns, the store is closed unless the caller still holds `control`.
+    pub async fn stop(self) -> Result<()> {
+        let Running {
+            stop,
+            task,
+            control,
+            ..
+        } = self;
+        drop(control);
+        if let Some(s) = stop {
             let _ = s.send(());
         }
-        (&mut self.task).await?
+        task.await?
     }
 }
 
-/// Opens and starts a daemon on `config.listen` (port 0 picks a free port).
+/// Opens and starts a daemon on `config.listen` and the other listeners it enables (port 0 picks
+/// a free port).
 pub async fn start(config: Config) -> Result<Running> {
-    let listen = config.listen;
-    let cinder = bind_cinder(&config).await?;
-    let cinder_addr = cinder.as_ref().map(|l| l.local_addr()).transpose()?;
+    let listeners = Listeners::bind(&config).await?;
+    let addr = listeners.grpc.local_addr()?;
+    let cinder_addr = listeners
+        .cinder
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
+    let metrics_addr = listeners
+        .metrics
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let daemon = tokio::task::spawn_blocking(move || Daemon::open(config)).await??;
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
-    let addr = listener.local_addr()?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let admin_token = daemon.admin_token().to_string();
     let control = daemon.control().clone();
-    let task = tokio::spawn(daemon.serve(listener, cinder, async move {
+    let task = tokio::spawn(daemon.serve(listeners, async move {
         let _ = rx.await;
     }));
     Ok(Running {
         addr,
         cinder_addr,
+        metrics_addr,
         admin_token,
         control,
         stop: Some(tx),

@@ -34,6 +34,10 @@ pub struct JobProgress {
     pub(crate) total: AtomicU64,
     pub(crate) done: AtomicU64,
     pub(crate) stored: AtomicU64,
+    /// Chunks added to the store, chunks found in it, and the raw bytes of those found.
+    pub(crate) new_chunks: AtomicU64,
+    pub(crate) found_chunks: AtomicU64,
+    pub(crate) found_bytes: AtomicU64,
     /// Bytes the job may add to the store (its vault's free capacity); beyond it the job is
     /// cancelled and `over` set.
     pub(crate) limit: u64,
@@ -47,6 +51,9 @@ impl JobProgress {
             total: AtomicU64::new(0),
             done: AtomicU64::new(0),
             stored: AtomicU64::new(0),
+            new_chunks: AtomicU64::new(0),
+            found_chunks: AtomicU64::new(0),
+            found_bytes: AtomicU64::new(0),
             limit,
             over: AtomicBool::new(false),
             cancel,
@@ -66,6 +73,11 @@ impl Progress for JobProgress {
         if now > self.limit && !self.over.swap(true, Ordering::SeqCst) {
             self.cancel.cancel();
         }
+    }
+    fn chunks(&self, new: u64, found: u64, found_bytes: u64) {
+        self.new_chunks.fetch_add(new, Ordering::Relaxed);
+        self.found_chunks.fetch_add(found, Ordering::Relaxed);
+        self.found_bytes.fetch_add(found_bytes, Ordering::Relaxed);
     }
 }
 

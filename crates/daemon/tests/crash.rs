@@ -48,7 +48,14 @@ fn spawn(data: &Path) -> Daemon {
         .arg(&config)
         .arg("--data-dir")
         .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--cinder-listen", "127.0.0.1:0"]);
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cinder-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ]);
     launch(cmd, data)
 }
 
@@ -243,7 +250,8 @@ fn spawn_default(cwd: &Path) -> Daemon {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_blockvaultd"));
     cmd.current_dir(cwd)
         .env("BLOCKVAULTD_LISTEN", "127.0.0.1:0")
-        .env("BLOCKVAULTD_CINDER_LISTEN", "127.0.0.1:0");
+        .env("BLOCKVAULTD_CINDER_LISTEN", "127.0.0.1:0")
+        .env("BLOCKVAULTD_METRICS_LISTEN", "127.0.0.1:0");
     launch(cmd, &cwd.join("blockvault-data"))
 }
 

@@ -544,6 +544,7 @@ async fn a_config_of_only_tokens_starts() {
     assert_eq!(c.listen, "127.0.0.1:8750".parse().unwrap());
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.cinder.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics.listen = "127.0.0.1:0".parse().unwrap();
     c.data_dir = dir.path().join("data");
     let d = blockvault_daemon::start(c).await.unwrap();
     let mut m = connect(&d.endpoint(), Some(A)).await;
@@ -561,6 +562,7 @@ async fn a_config_of_only_tokens_starts() {
     let mut c = blockvault_daemon::Config::load(&path).unwrap();
     c.listen = "127.0.0.1:0".parse().unwrap();
     c.cinder.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics.listen = "127.0.0.1:0".parse().unwrap();
     c.data_dir = dir.path().join("data");
     let e = match blockvault_daemon::start(c).await {
         Ok(_) => panic!("a world-readable key file was accepted"),

@@ -560,20 +560,22 @@ impl Writer<'_> {
         let mut present = present.into_iter();
         let mut done = 0u64;
         let mut stored = 0u64;
+        let (mut new, mut found, mut found_bytes) = (0u64, 0u64, 0u64);
         for (len, p) in std::mem::take(&mut self.group) {
             done += u64::from(len);
             let Processed::Chunk { id, data, envelope } = p else {
                 continue;
             };
             self.engine.budget.release(u64::from(len));
-            if present.next().expect("one flag per chunk") {
-                continue;
-            }
-            if self.pack.as_ref().is_some_and(|w| w.contains(&id))
+            if present.next().expect("one flag per chunk")
+                || self.pack.as_ref().is_some_and(|w| w.contains(&id))
                 || self.sealing.iter().any(|(_, ids)| ids.contains(&id))
             {
+                found += 1;
+                found_bytes += u64::from(len);
                 continue;
             }
+            new += 1;
             let envelope = match (envelope, data) {
                 (Some(e), _) => e,
                 // Looked stored to the worker, but GC removed it before we referenced it.
@@ -584,6 +586,9 @@ impl Writer<'_> {
         }
         if stored > 0 {
             progress.stored(stored);
+        }
+        if new + found > 0 {
+            progress.chunks(new, found, found_bytes);
         }
         progress.advance(done);
         Ok(())

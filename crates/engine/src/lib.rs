@@ -51,6 +51,9 @@ pub trait Progress: Send + Sync {
     fn advance(&self, _bytes: u64) {}
     /// `bytes` more bytes were added to the store (backups only).
     fn stored(&self, _bytes: u64) {}
+    /// `new` more chunks were added to the store, and `found` more (of `found_bytes` raw bytes)
+    /// were in it already (backups only; holes are neither).
+    fn chunks(&self, _new: u64, _found: u64, _found_bytes: u64) {}
 }
 
 /// A progress sink that ignores everything.
@@ -359,6 +362,13 @@ impl Engine {
     /// Bytes a stored chunk takes in its pack (its entry), if the store holds it.
     pub fn stored_size(&self, id: &ChunkId) -> Result<Option<u64>> {
         Ok(self.store.chunk_location(id)?.map(|l| l.entry_len()))
+    }
+
+    /// How many sealed packs the store has, and their bytes (cheap: one pass over the pack
+    /// table, not the chunk index).
+    pub fn pack_totals(&self) -> Result<(u64, u64)> {
+        let packs = self.store.sealed_packs()?;
+        Ok((packs.len() as u64, packs.iter().map(|(_, p)| p.size).sum()))
     }
 
     /// The store's id: exported records name it, and import refuses another store's.

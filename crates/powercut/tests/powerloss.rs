@@ -546,7 +546,14 @@ impl Daemon<'_> {
             .arg(&self.config)
             .arg("--data-dir")
             .arg(&self.data)
-            .args(["--listen", "127.0.0.1:0", "--cinder-listen", "127.0.0.1:0"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--cinder-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

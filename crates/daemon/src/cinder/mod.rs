@@ -10,6 +10,7 @@
 //! ```
 mod backups;
 mod call;
+mod count;
 mod fault;
 mod version;
 mod volumes;
@@ -37,6 +38,7 @@ pub(crate) struct Shared {
 
 /// The routes.
 pub fn router(control: Arc<Control>, auth: Auth, noauth: bool) -> Router {
+    let metrics = control.metrics().clone();
     let shared = Shared {
         control,
         auth,
@@ -78,6 +80,7 @@ pub fn router(control: Arc<Control>, auth: Auth, noauth: bool) -> Router {
         .route("/v3/{project_id}/volumes/{volume_id}", get(volumes::show))
         .fallback(fault::no_route)
         .layer(axum::middleware::from_fn(version::negotiate))
+        .layer(axum::middleware::from_fn_with_state(metrics, count::count))
         .with_state(shared)
 }
 

@@ -66,6 +66,7 @@ pub fn config(dir: &Path, tokens: Vec<TokenConfig>) -> Config {
     };
     c.engine.threads = 2;
     c.cinder.listen = "127.0.0.1:0".parse().unwrap();
+    c.metrics.listen = "127.0.0.1:0".parse().unwrap();
     c.volumes.allowed_paths = dir.parent().map(Path::to_path_buf).into_iter().collect();
     c
 }
@@ -312,4 +313,38 @@ pub async fn available_in(c: &mut Client, vault: &str) -> Vec<String> {
         .filter(|b| b.container == vault)
         .map(|b| b.id)
         .collect()
+}
+
+/// A raw HTTP/1.1 request: (status, lower-cased head, body).
+pub fn http_raw(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
 }
