@@ -1,7 +1,6 @@
 //! The Prometheus scrape endpoint (`[metrics] listen`, `GET /metrics`): the present state read
 //! from the control plane, rendered with the daemon's counters (see [`crate::metrics`]).
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -9,7 +8,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::net::TcpListener;
 
 use crate::control::Control;
 use crate::metrics::{Snapshot, VaultFigures};
@@ -92,15 +90,4 @@ async fn scrape(State(control): State<Arc<Control>>) -> Response {
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}\n")).into_response(),
     }
-}
-
-/// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -240,7 +240,7 @@ impl Daemon {
                     self.config.cinder.noauth,
                 );
                 let mut stopped = rest_stopped;
-                Some(tokio::spawn(crate::cinder::serve(l, router, async move {
+                Some(tokio::spawn(serve_http(l, router, async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })))
             }
@@ -252,7 +252,7 @@ impl Daemon {
                 write_listen_addr(&self.config.data_dir, METRICS_ADDR_FILE, a)?;
                 tracing::info!(addr = %a, "metrics serving at /metrics");
                 let mut stopped = rest_stop.subscribe();
-                Some(tokio::spawn(crate::scrape::serve(
+                Some(tokio::spawn(serve_http(
                     l,
                     crate::scrape::router(self.control.clone()),
                     async move {
@@ -447,6 +447,17 @@ async fn scheduled_gc(control: Arc<Control>, interval: u64, turn: Arc<tokio::syn
             Err(e) => tracing::warn!(error = %e, "scheduled gc task failed"),
         }
     }
+}
+
+/// Serves an HTTP/1.1 `router` (Cinder REST, metrics) on `listener` until `shutdown` completes.
+async fn serve_http(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Waits (up to `wait`) until `engine` is the last handle to the store, then drops it, which

@@ -15,12 +15,10 @@ mod fault;
 mod version;
 mod volumes;
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::net::TcpListener;
 
 use crate::auth::Auth;
 use crate::control::Control;
@@ -82,15 +80,4 @@ pub fn router(control: Arc<Control>, auth: Auth, noauth: bool) -> Router {
         .layer(axum::middleware::from_fn(version::negotiate))
         .layer(axum::middleware::from_fn_with_state(metrics, count::count))
         .with_state(shared)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
