@@ -54,9 +54,12 @@ struct Args {
     /// Small backups on record before the latency run.
     #[arg(long, default_value_t = 60)]
     backups: usize,
-    /// Throughput runs of each kind.
+    /// Throughput runs of each kind (0: latency only).
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// `engine.nice` values to run the latency part with, in this order.
+    #[arg(long, value_delimiter = ',', default_value = "0,10")]
+    nice: Vec<i32>,
 }
 
 #[derive(Clone)]
@@ -271,28 +274,14 @@ async fn library_backup(work: &Path, image: &Path, run: usize) -> Result<f64> {
     .await?
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    if !args.image.exists() {
-        eprintln!(
-            "generating {} MiB image {}",
-            args.generate_mib,
-            args.image.display()
-        );
-        blockvault_benches::write_mixed_image(&args.image, args.generate_mib << 20, 7)?;
-    }
-    let tmp = tempfile::tempdir()?;
-    let work = args
-        .work
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_path_buf());
-    let size = std::fs::metadata(&args.image)?.len();
-
-    // ---- 1. latency while two backups run
+/// Part 1: Get and List latency over gRPC and REST while two full backups run, with the
+/// daemon's data-plane threads at `nice`.
+async fn latency(args: &Args, work: &Path, size: u64, nice: i32) -> Result<()> {
     let ddir = work.join("latency");
     let _ = std::fs::remove_dir_all(&ddir);
-    let d = blockvault_daemon::start(config(&ddir)).await?;
+    let mut cfg = config(&ddir);
+    cfg.engine.nice = nice;
+    let d = blockvault_daemon::start(cfg).await?;
     let mut c = connect(&d.endpoint(), &d.admin_token).await?;
     let small = work.join("small.img");
     std::fs::write(&small, blockvault_benches::mixed_buffer(256 << 10, 3))?;
@@ -392,7 +381,7 @@ async fn main() -> Result<()> {
         backups_during += l.await??;
     }
     println!(
-        "## Control-plane latency while two backups of {} MB run",
+        "## Control-plane latency while two backups of {} MB run (engine.nice = {nice})",
         size / 1_000_000
     );
     println!();
@@ -408,8 +397,37 @@ async fn main() -> Result<()> {
         args.clients, args.seconds
     );
     d.stop().await?;
+    let _ = v1;
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    if !args.image.exists() {
+        eprintln!(
+            "generating {} MiB image {}",
+            args.generate_mib,
+            args.image.display()
+        );
+        blockvault_benches::write_mixed_image(&args.image, args.generate_mib << 20, 7)?;
+    }
+    let tmp = tempfile::tempdir()?;
+    let work = args
+        .work
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    let size = std::fs::metadata(&args.image)?.len();
+
+    // ---- 1. latency while two backups run, at each nice value
+    for &nice in &args.nice {
+        latency(&args, &work, size, nice).await?;
+    }
 
     // ---- 2. throughput: daemon vs library, and the vault ledger's cost
+    if args.runs == 0 {
+        return Ok(());
+    }
     let mb_s = |secs: f64| size as f64 / secs / 1e6;
     let (mut lib, mut dfull, mut dincr, mut vfull, mut vincr) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -460,6 +478,5 @@ async fn main() -> Result<()> {
         (md - mv) / md * 100.0,
         (mdi - mvi) / mdi * 100.0
     );
-    let _ = v1;
     Ok(())
 }

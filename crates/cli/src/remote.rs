@@ -9,18 +9,17 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use blockvault_proto::v1::{
-    jobs_client::JobsClient, Backup, BackupRecord, BackupSummary, CancelJobRequest,
-    CreateBackupRequest, CreateBackupResponse, DeleteBackupRequest, ExportRecordRequest,
-    GetBackupRequest, GetJobRequest, GetVolumeRequest, Job, ListBackupsRequest,
-    ListBackupsResponse, ListJobsRequest, ListVolumesRequest, Metadata, RegisterVolumeRequest,
-    RestoreBackupRequest, RestoreBackupResponse, UnregisterVolumeRequest, UpdateBackupRequest,
-    UpdateVolumeRequest, Volume, WatchJobRequest,
+    jobs_client::JobsClient, BackupRecord, CancelJobRequest, CreateBackupRequest,
+    DeleteBackupRequest, ExportRecordRequest, GetBackupRequest, GetJobRequest, GetVolumeRequest,
+    Job, ListBackupsRequest, ListJobsRequest, ListVolumesRequest, Metadata, RegisterVolumeRequest,
+    RestoreBackupRequest, UnregisterVolumeRequest, UpdateBackupRequest, UpdateVolumeRequest,
+    WatchJobRequest,
 };
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::client::{connect, grpc, parse_kv, tags, Clients, Conn, Svc};
-use crate::render::{cell, human, map_json, obj, opt, print_json, show, tags_json, Fields};
+use crate::render::{cell, human, print_json, show, value};
 use crate::vault::{PolicyArgs, VaultArgs};
 
 /// `blockvault volume ...`.
@@ -334,115 +333,6 @@ async fn gc(conn: &Conn) -> Result<ExitCode> {
 
 // ---------------------------------------------------------------------------------- output
 
-/// Fields of a `Volume`.
-fn volume_fields(v: &Volume) -> Fields {
-    vec![
-        ("id", json!(v.id)),
-        ("name", json!(v.name)),
-        ("path", json!(String::from_utf8_lossy(&v.path))),
-        ("status", json!(v.status)),
-        ("size_bytes", json!(v.size_bytes)),
-        ("size", json!(v.size)),
-        ("encrypted", json!(v.encrypted)),
-        ("encryption_key_id", opt(&v.encryption_key_id)),
-        ("busy_job_id", opt(&v.busy_job_id)),
-        ("tags", tags_json(&v.tags)),
-        ("server_id", json!(v.server_id)),
-        ("project_id", json!(v.project_id)),
-        ("user_id", json!(v.user_id)),
-        ("created_at", json!(v.created_at)),
-        ("updated_at", json!(v.updated_at)),
-    ]
-}
-
-/// Fields of a `Backup`.
-fn backup_fields(b: &Backup) -> Fields {
-    vec![
-        ("id", json!(b.id)),
-        ("name", json!(b.name)),
-        ("description", json!(b.description)),
-        ("status", json!(b.status)),
-        ("fail_reason", json!(b.fail_reason)),
-        ("volume_id", json!(b.volume_id)),
-        ("snapshot_id", json!(b.snapshot_id)),
-        ("container", json!(b.container)),
-        ("size", json!(b.size)),
-        ("size_bytes", json!(b.size_bytes)),
-        ("stored_bytes", json!(b.stored_bytes)),
-        ("object_count", json!(b.object_count)),
-        ("is_incremental", json!(b.is_incremental)),
-        ("parent_id", json!(b.parent_id)),
-        ("has_dependent_backups", json!(b.has_dependent_backups)),
-        ("availability_zone", json!(b.availability_zone)),
-        ("encryption_key_id", opt(&b.encryption_key_id)),
-        ("metadata", map_json(&b.metadata)),
-        ("job_id", json!(b.job_id)),
-        ("project_id", json!(b.project_id)),
-        ("user_id", json!(b.user_id)),
-        ("created_at", json!(b.created_at)),
-        ("updated_at", json!(b.updated_at)),
-        ("data_timestamp", json!(b.data_timestamp)),
-    ]
-}
-
-/// Fields of a `BackupSummary`.
-fn summary_fields(s: &BackupSummary) -> Fields {
-    vec![("id", json!(s.id)), ("name", json!(s.name))]
-}
-
-/// Fields of a `Job`.
-fn job_fields(j: &Job) -> Fields {
-    vec![
-        ("id", json!(j.id)),
-        ("kind", json!(j.kind)),
-        ("state", json!(j.state)),
-        ("fail_reason", json!(j.fail_reason)),
-        ("backup_id", json!(j.backup_id)),
-        ("volume_id", json!(j.volume_id)),
-        ("project_id", json!(j.project_id)),
-        ("bytes_done", json!(j.bytes_done)),
-        ("bytes_total", json!(j.bytes_total)),
-        ("bytes_stored", json!(j.bytes_stored)),
-        ("rate_bytes_per_sec", json!(j.rate_bytes_per_sec)),
-        ("eta_seconds", json!(j.eta_seconds)),
-        ("created_at", json!(j.created_at)),
-        ("started_at", json!(j.started_at)),
-        ("finished_at", json!(j.finished_at)),
-    ]
-}
-
-/// A `ListBackupsResponse` as JSON.
-fn list_backups_json(r: &ListBackupsResponse) -> Value {
-    json!({
-        "summaries": r.summaries.iter().map(|s| obj(summary_fields(s))).collect::<Vec<_>>(),
-        "backups": r.backups.iter().map(|b| obj(backup_fields(b))).collect::<Vec<_>>(),
-        "count": r.count,
-    })
-}
-
-/// A `CreateBackupResponse` as JSON.
-fn create_json(r: &CreateBackupResponse) -> Value {
-    json!({
-        "backup": r.backup.as_ref().map(|b| obj(backup_fields(b))),
-        "job_id": r.job_id,
-    })
-}
-
-/// A `RestoreBackupResponse` as JSON.
-fn restore_json(r: &RestoreBackupResponse) -> Value {
-    json!({
-        "backup_id": r.backup_id,
-        "volume_id": r.volume_id,
-        "volume_name": r.volume_name,
-        "job_id": r.job_id,
-    })
-}
-
-/// A `BackupRecord` as JSON.
-fn record_json(r: &BackupRecord) -> Value {
-    json!({ "backup_service": r.backup_service, "backup_url": r.backup_url })
-}
-
 // -------------------------------------------------------------------------------- commands
 
 /// Runs a `volume` subcommand.
@@ -471,7 +361,7 @@ async fn volume(conn: &Conn, cmd: VolumeCmd) -> Result<ExitCode> {
                 .map_err(grpc)?
                 .into_inner();
             if json {
-                print_json(&obj(volume_fields(&v)))?;
+                print_json(&v)?;
             } else {
                 println!("{}", v.id);
             }
@@ -497,7 +387,6 @@ async fn volume(conn: &Conn, cmd: VolumeCmd) -> Result<ExitCode> {
                 marker = r.next_marker;
             }
             if json {
-                let vs: Vec<Value> = vs.iter().map(|v| obj(volume_fields(v))).collect();
                 print_json(&json!({ "volumes": vs }))?;
             } else {
                 println!(
@@ -523,7 +412,7 @@ async fn volume(conn: &Conn, cmd: VolumeCmd) -> Result<ExitCode> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            show(volume_fields(&v), json)?;
+            show(&v, json)?;
         }
         VolumeCmd::Update {
             id,
@@ -546,7 +435,7 @@ async fn volume(conn: &Conn, cmd: VolumeCmd) -> Result<ExitCode> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            show(volume_fields(&v), json)?;
+            show(&v, json)?;
         }
         VolumeCmd::Unregister { id } => {
             c.unregister(UnregisterVolumeRequest {
@@ -606,7 +495,7 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                 None
             };
             if json {
-                let mut out = create_json(&r);
+                let mut out = value(&r)?;
                 if let Some(j) = &final_job {
                     // The backup as it is now, after the job.
                     if let Ok(b) = backups
@@ -615,9 +504,9 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                         })
                         .await
                     {
-                        out["backup"] = obj(backup_fields(b.get_ref()));
+                        out["backup"] = value(b.get_ref())?;
                     }
-                    out["job"] = obj(job_fields(j));
+                    out["job"] = value(j)?;
                 }
                 print_json(&out)?;
             } else {
@@ -654,7 +543,7 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                 .map_err(grpc)?
                 .into_inner();
             if json {
-                print_json(&list_backups_json(&r))?;
+                print_json(&r)?;
             } else {
                 println!(
                     "{:<36}  {:<20}  {:<14}  {:>10}  {:<36}  incr",
@@ -682,7 +571,7 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            show(backup_fields(&b), json)?;
+            show(&b, json)?;
         }
         BackupCmd::Update {
             id,
@@ -704,7 +593,7 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            show(backup_fields(&b), json)?;
+            show(&b, json)?;
         }
         BackupCmd::Delete { id } => {
             backups
@@ -740,9 +629,9 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                 None
             };
             if json {
-                let mut out = restore_json(&r);
+                let mut out = value(&r)?;
                 if let Some(j) = &final_job {
-                    out["job"] = obj(job_fields(j));
+                    out["job"] = value(j)?;
                 }
                 print_json(&out)?;
             } else {
@@ -759,7 +648,7 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            print_json(&record_json(&r))?;
+            print_json(&r)?;
         }
         BackupCmd::Import { file } => {
             let text = if file.as_os_str() == "-" {
@@ -779,7 +668,7 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                 .map_err(grpc)?
                 .into_inner();
             if json {
-                print_json(&obj(backup_fields(&b)))?;
+                print_json(&b)?;
             } else {
                 println!("{}", b.id);
             }
@@ -815,7 +704,7 @@ async fn job(conn: &Conn, cmd: JobCmd) -> Result<ExitCode> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            show(job_fields(&j), json)?;
+            show(&j, json)?;
         }
         JobCmd::List { all_tenants, state } => {
             let mut js = Vec::new();
@@ -839,7 +728,6 @@ async fn job(conn: &Conn, cmd: JobCmd) -> Result<ExitCode> {
                 marker = r.next_marker;
             }
             if json {
-                let js: Vec<Value> = js.iter().map(|j| obj(job_fields(j))).collect();
                 print_json(&json!({ "jobs": js }))?;
             } else {
                 println!(
@@ -865,7 +753,7 @@ async fn job(conn: &Conn, cmd: JobCmd) -> Result<ExitCode> {
                 .await
                 .map_err(grpc)?
                 .into_inner();
-            show(job_fields(&j), json)?;
+            show(&j, json)?;
         }
         JobCmd::Watch { id } => {
             let lines = if json { Lines::Json } else { Lines::Stdout };
@@ -974,7 +862,7 @@ async fn watch(c: &mut JobsClient<Svc>, id: &str, lines: Lines) -> Result<Job> {
         }
         let changed = !matches!(&last, Some(l) if l.state == j.state);
         match lines {
-            Lines::Json => println!("{}", obj(job_fields(&j))),
+            Lines::Json => println!("{}", serde_json::to_string(&j)?),
             Lines::Stdout if bar.is_none() && changed => println!("{}", state_line(&j)),
             Lines::Stderr if bar.is_none() && changed => eprintln!("{}", state_line(&j)),
             _ => {}

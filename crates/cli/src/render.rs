@@ -1,36 +1,42 @@
-//! Output of the remote commands: text by default, JSON with `--json`. prost messages do not
-//! implement `Serialize`, so each message type has one function listing its fields in order
-//! ([`Fields`]), and both renderings are made from that list here.
-use std::collections::HashMap;
+//! Output of the remote commands: text by default, JSON with `--json`. Every gRPC message
+//! derives `serde::Serialize` (the proto crate's `serde` feature), so a message is rendered from
+//! its own fields, in the message's order: as pretty JSON ([`print_json`]) or as aligned
+//! `field: value` lines ([`show`]). Views made for reading (a vault with its usage bar, a policy
+//! with its schedule in words) build their own [`Fields`] and print them with [`lines`].
+use anyhow::{bail, Result};
+use serde::Serialize;
+use serde_json::Value;
 
-use anyhow::Result;
-use blockvault_proto::v1::Tag;
-use serde_json::{json, Value};
-
-/// A message's fields in display order; rendered as a JSON object or as `key: value` lines.
+/// Fields in display order, printed as `key: value` lines by [`lines`].
 pub(crate) type Fields = Vec<(&'static str, Value)>;
 
-/// The fields as a JSON object.
-pub(crate) fn obj(f: Fields) -> Value {
-    Value::Object(f.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+/// A message (or any serializable value) as JSON, fields in the message's order.
+pub(crate) fn value<T: Serialize>(m: &T) -> Result<Value> {
+    Ok(serde_json::to_value(m)?)
 }
 
-/// A map as a JSON object.
-pub(crate) fn map_json(m: &HashMap<String, String>) -> Value {
-    Value::Object(
-        m.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect(),
-    )
+/// Prints a message as pretty JSON, or as one aligned `field: value` line per field.
+pub(crate) fn show<T: Serialize>(m: &T, json: bool) -> Result<()> {
+    if json {
+        return print_json(m);
+    }
+    let Value::Object(fields) = value(m)? else {
+        bail!("cannot show a value that is not a message");
+    };
+    print_lines(fields.iter().map(|(k, v)| (k.as_str(), v)));
+    Ok(())
 }
 
-/// Tags as JSON, as in the message: `[{"key": k, "value": v}, ...]`.
-pub(crate) fn tags_json(t: &[Tag]) -> Value {
-    Value::Array(
-        t.iter()
-            .map(|t| json!({ "key": t.key, "value": t.value }))
-            .collect(),
-    )
+/// Prints fields as aligned `key: value` lines.
+pub(crate) fn lines(f: &Fields) {
+    print_lines(f.iter().map(|(k, v)| (*k, v)));
+}
+
+fn print_lines<'a>(f: impl Iterator<Item = (&'a str, &'a Value)> + Clone) {
+    let w = f.clone().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    for (k, v) in f {
+        println!("{:<w$} {}", format!("{k}:"), text(v));
+    }
 }
 
 /// A JSON value as text: strings bare, null, "", [] and {} as `-`, objects as `k=v, ...`,
@@ -69,23 +75,6 @@ pub(crate) fn text(v: &Value) -> String {
             .join(", "),
         v => v.to_string(),
     }
-}
-
-/// Prints fields as JSON or as aligned `key: value` lines.
-pub(crate) fn show(f: Fields, json: bool) -> Result<()> {
-    if json {
-        return print_json(&obj(f));
-    }
-    let w = f.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    for (k, v) in &f {
-        println!("{:<w$} {}", format!("{k}:"), text(v));
-    }
-    Ok(())
-}
-
-/// An optional string as JSON (null when unset).
-pub(crate) fn opt(s: &Option<String>) -> Value {
-    s.as_ref().map_or(Value::Null, |s| Value::String(s.clone()))
 }
 
 /// Column text: `-` for empty, cut to `w` characters.

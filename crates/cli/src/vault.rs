@@ -19,7 +19,7 @@ use clap::{ArgGroup, Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::client::{connect, grpc, parse_kv, tags, Conn};
-use crate::render::{cell, obj, print_json, show, tags_json, Fields};
+use crate::render::{cell, lines, print_json, value, Fields};
 
 /// Resource type of a volume.
 const VOLUME_TYPE: &str = "OS::Cinder::Volume";
@@ -478,85 +478,10 @@ fn usage_line(b: &Billing) -> String {
     )
 }
 
-/// A `Billing` as JSON.
-fn billing_json(b: &Billing) -> Value {
-    json!({
-        "cloud_type": b.cloud_type,
-        "consistent_level": b.consistent_level,
-        "object_type": b.object_type,
-        "protect_type": b.protect_type,
-        "size": b.size,
-        "charging_mode": b.charging_mode,
-        "period_type": b.period_type,
-        "period_num": b.period_num,
-        "is_auto_renew": b.is_auto_renew,
-        "is_auto_pay": b.is_auto_pay,
-        "console_url": b.console_url,
-        "is_multi_az": b.is_multi_az,
-        "allocated": b.allocated,
-        "used": b.used,
-        "status": b.status,
-        "spec_code": b.spec_code,
-    })
-}
-
-/// A `Resource` as JSON.
-fn resource_json(r: &Resource) -> Value {
-    json!({
-        "id": r.id,
-        "type": r.r#type,
-        "name": r.name,
-        "extra_info": r.extra_info.as_ref().map(|e| json!({ "exclude_volumes": e.exclude_volumes })),
-        "protect_status": r.protect_status,
-        "size": r.size,
-        "backup_size": r.backup_size,
-        "backup_count": r.backup_count,
-    })
-}
-
-/// Fields of a `Vault`, as in the message.
-fn vault_fields(v: &Vault) -> Fields {
-    vec![
-        ("id", json!(v.id)),
-        ("name", json!(v.name)),
-        ("description", json!(v.description)),
-        (
-            "billing",
-            v.billing.as_ref().map_or(Value::Null, billing_json),
-        ),
-        (
-            "resources",
-            Value::Array(v.resources.iter().map(resource_json).collect()),
-        ),
-        ("tags", tags_json(&v.tags)),
-        ("backup_policy_id", json!(v.backup_policy_id)),
-        ("auto_bind", json!(v.auto_bind)),
-        (
-            "bind_rules",
-            v.bind_rules
-                .as_ref()
-                .map_or(Value::Null, |r| json!({ "tags": tags_json(&r.tags) })),
-        ),
-        ("auto_expand", json!(v.auto_expand)),
-        ("threshold", json!(v.threshold)),
-        ("smn_notify", json!(v.smn_notify)),
-        ("backup_name_prefix", json!(v.backup_name_prefix)),
-        ("locked", json!(v.locked)),
-        ("created_at", json!(v.created_at)),
-        ("project_id", json!(v.project_id)),
-        ("user_id", json!(v.user_id)),
-        ("enterprise_project_id", json!(v.enterprise_project_id)),
-        ("provider_id", json!(v.provider_id)),
-        ("demand_billing", json!(v.demand_billing)),
-        ("sys_lock_source_service", json!(v.sys_lock_source_service)),
-        ("object_lock", json!(v.object_lock)),
-    ]
-}
-
 /// Prints a vault: the message as JSON, or settings, a usage bar, tags and resources as text.
 fn show_vault(v: &Vault, json: bool) -> Result<()> {
     if json {
-        return print_json(&obj(vault_fields(v)));
+        return print_json(v);
     }
     let b = v.billing.clone().unwrap_or_default();
     let yes_no = |b: bool| json!(if b { "yes" } else { "no" });
@@ -590,16 +515,16 @@ fn show_vault(v: &Vault, json: bool) -> Result<()> {
             "bind_rules",
             v.bind_rules
                 .as_ref()
-                .map_or(Value::Null, |r| tags_json(&r.tags)),
+                .map_or(Ok(Value::Null), |r| value(&r.tags))?,
         ),
         ("backup_name_prefix", json!(v.backup_name_prefix)),
         ("billing", json!(billing)),
-        ("tags", tags_json(&v.tags)),
+        ("tags", value(&v.tags)?),
         ("project_id", json!(v.project_id)),
         ("user_id", json!(v.user_id)),
         ("created_at", json!(v.created_at)),
     ];
-    show(f, false)?;
+    lines(&f);
     println!("{}", usage_line(&b));
     if v.resources.is_empty() {
         println!("resources: none");
@@ -631,19 +556,6 @@ fn show_vault(v: &Vault, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Fields of a `VaultEvent`.
-fn event_fields(e: &VaultEvent) -> Fields {
-    vec![
-        ("vault_id", json!(e.vault_id)),
-        ("kind", json!(e.kind)),
-        ("used_mb", json!(e.used_mb)),
-        ("capacity_gb", json!(e.capacity_gb)),
-        ("threshold", json!(e.threshold)),
-        ("message", json!(e.message)),
-        ("at", json!(e.at)),
-    ]
-}
-
 /// One line describing a vault event: its time, vault, kind and message (or usage, if the
 /// daemon sent no message).
 fn event_line(e: &VaultEvent) -> String {
@@ -663,22 +575,6 @@ fn event_line(e: &VaultEvent) -> String {
         si(cap),
         e.threshold
     )
-}
-
-/// A `Schedule` as JSON.
-fn schedule_json(s: &Schedule) -> Value {
-    json!({ "interval_seconds": s.interval_seconds, "days": s.days, "times": s.times })
-}
-
-/// A `Retention` as JSON.
-fn retention_json(r: &Retention) -> Value {
-    json!({
-        "max_backups": r.max_backups,
-        "max_days": r.max_days,
-        "daily": r.daily,
-        "weekly": r.weekly,
-        "monthly": r.monthly,
-    })
 }
 
 /// A schedule as text: `every 3600 s`, `daily at 02:00`, `mon,fri at 02:00,14:00`.
@@ -727,47 +623,24 @@ fn retention_text(r: Option<&Retention>) -> String {
     }
 }
 
-/// Fields of a `Policy`, as in the message.
-fn policy_fields(p: &Policy) -> Fields {
-    vec![
-        ("id", json!(p.id)),
-        ("name", json!(p.name)),
-        ("enabled", json!(p.enabled)),
-        (
-            "schedule",
-            p.schedule.as_ref().map_or(Value::Null, schedule_json),
-        ),
-        ("full_every", json!(p.full_every)),
-        (
-            "retention",
-            p.retention.as_ref().map_or(Value::Null, retention_json),
-        ),
-        ("project_id", json!(p.project_id)),
-        ("created_at", json!(p.created_at)),
-        ("updated_at", json!(p.updated_at)),
-    ]
-}
-
 /// Prints a policy: the message as JSON, or `key: value` lines with readable schedule and
 /// retention.
 fn show_policy(p: &Policy, json: bool) -> Result<()> {
     if json {
-        return print_json(&obj(policy_fields(p)));
+        return print_json(p);
     }
-    show(
-        vec![
-            ("id", json!(p.id)),
-            ("name", json!(p.name)),
-            ("enabled", json!(if p.enabled { "yes" } else { "no" })),
-            ("schedule", json!(schedule_text(p.schedule.as_ref()))),
-            ("full_every", json!(p.full_every)),
-            ("retention", json!(retention_text(p.retention.as_ref()))),
-            ("project_id", json!(p.project_id)),
-            ("created_at", json!(p.created_at)),
-            ("updated_at", json!(p.updated_at)),
-        ],
-        false,
-    )
+    lines(&vec![
+        ("id", json!(p.id)),
+        ("name", json!(p.name)),
+        ("enabled", json!(if p.enabled { "yes" } else { "no" })),
+        ("schedule", json!(schedule_text(p.schedule.as_ref()))),
+        ("full_every", json!(p.full_every)),
+        ("retention", json!(retention_text(p.retention.as_ref()))),
+        ("project_id", json!(p.project_id)),
+        ("created_at", json!(p.created_at)),
+        ("updated_at", json!(p.updated_at)),
+    ]);
+    Ok(())
 }
 
 // -------------------------------------------------------------------------------- commands
@@ -834,7 +707,7 @@ pub async fn vault(a: VaultArgs) -> Result<ExitCode> {
                 .map_err(grpc)?
                 .into_inner();
             if json {
-                print_json(&obj(vault_fields(&v)))?;
+                print_json(&v)?;
             } else {
                 println!("{}", v.id);
             }
@@ -859,7 +732,6 @@ pub async fn vault(a: VaultArgs) -> Result<ExitCode> {
                 marker = r.next_marker;
             }
             if json {
-                let vs: Vec<Value> = vs.iter().map(|v| obj(vault_fields(v))).collect();
                 print_json(&json!({ "vaults": vs }))?;
             } else {
                 println!(
@@ -991,7 +863,7 @@ pub async fn vault(a: VaultArgs) -> Result<ExitCode> {
                 };
                 let Some(e) = e else { break };
                 if json {
-                    println!("{}", obj(event_fields(&e)));
+                    println!("{}", serde_json::to_string(&e)?);
                 } else {
                     println!("{}", event_line(&e));
                 }
@@ -1028,7 +900,7 @@ pub async fn policy(a: PolicyArgs) -> Result<ExitCode> {
                 .map_err(grpc)?
                 .into_inner();
             if json {
-                print_json(&obj(policy_fields(&p)))?;
+                print_json(&p)?;
             } else {
                 println!("{}", p.id);
             }
@@ -1041,7 +913,6 @@ pub async fn policy(a: PolicyArgs) -> Result<ExitCode> {
                 .into_inner()
                 .policies;
             if json {
-                let ps: Vec<Value> = ps.iter().map(|p| obj(policy_fields(p))).collect();
                 print_json(&json!({ "policies": ps }))?;
             } else {
                 println!(

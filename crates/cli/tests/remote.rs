@@ -6,7 +6,7 @@ use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 
 mod common;
-use common::{s, Daemon};
+use common::{keys, line_keys, message_fields, s, Daemon};
 
 /// The value after `key ` in the CLI's text output (`backup_id <id>` lines).
 fn field(out: &str, key: &str) -> String {
@@ -55,6 +55,8 @@ fn backup_restore_and_delete_through_the_daemon() {
     assert_eq!(s(&v["name"]), "v1");
     assert_eq!(v["size_bytes"], data.len() as u64);
     assert_eq!(PathBuf::from(s(&v["path"])), img);
+    // Every message is printed whole, in the proto file's field order.
+    assert_eq!(keys(&v), message_fields("Volume"));
     let vl = d.json(&[&"volume", &"list", &"--json"]);
     assert_eq!(vl["volumes"].as_array().unwrap().len(), 1);
 
@@ -75,6 +77,11 @@ fn backup_restore_and_delete_through_the_daemon() {
     assert_eq!(full["job"]["state"], "succeeded", "{full}");
     assert_eq!(full["backup"]["status"], "available", "{full}");
     assert_eq!(full["backup"]["metadata"]["k"], "v");
+    assert_eq!(keys(&full["backup"]), message_fields("Backup"));
+    assert_eq!(keys(&full["job"]), message_fields("Job"));
+    let text = d.ok(&[&"backup", &"show", &full_id]);
+    assert_eq!(line_keys(&text), message_fields("Backup"), "{text}");
+    assert!(text.contains("metadata:") && text.contains("k=v"), "{text}");
 
     // Change 1 MiB, then an incremental (text output).
     rand::rngs::StdRng::seed_from_u64(8).fill_bytes(&mut data[(10 << 20)..(11 << 20)]);

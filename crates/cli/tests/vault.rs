@@ -8,7 +8,7 @@ use rand::{RngCore, SeedableRng};
 use serde_json::Value;
 
 mod common;
-use common::{s, Daemon};
+use common::{keys, message_fields, s, Daemon};
 
 #[test]
 fn vaults_and_policies_through_the_daemon() {
@@ -36,6 +36,8 @@ fn vaults_and_policies_through_the_daemon() {
     assert_eq!(p["schedule"]["interval_seconds"], 3600, "{p}");
     assert_eq!(p["full_every"], 4, "{p}");
     assert_eq!(p["retention"]["max_backups"], 7, "{p}");
+    assert_eq!(keys(&p), message_fields("Policy"));
+    assert_eq!(keys(&p["retention"]), message_fields("Retention"));
     let text = d.ok(&[&"policy", &"show", &policy]);
     assert!(text.contains("every 3600 s"), "{text}");
 
@@ -90,6 +92,8 @@ fn vaults_and_policies_through_the_daemon() {
     let v = d.json(&[&"vault", &"show", &vault, &"--json"]);
     assert_eq!(v["id"], vault.as_str(), "{v}");
     assert_eq!(v["name"], "vault-1", "{v}");
+    assert_eq!(keys(&v), message_fields("Vault"));
+    assert_eq!(keys(&v["billing"]), message_fields("Billing"));
     assert_eq!(v["billing"]["size"], 1, "{v}");
     assert_eq!(v["billing"]["object_type"], "disk", "{v}");
     assert_eq!(v["billing"]["consistent_level"], "crash_consistent", "{v}");

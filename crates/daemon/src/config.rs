@@ -93,6 +93,9 @@ pub struct EngineConfig {
     pub threads: usize,
     pub max_in_flight_mib: u64,
     pub key_file: Option<PathBuf>,
+    /// Nice value of the data plane's threads (job threads and workers), so API calls keep
+    /// their latency while backups fill the cores.
+    pub nice: i32,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +104,7 @@ impl Default for EngineConfig {
             threads: 0,
             max_in_flight_mib: 64,
             key_file: None,
+            nice: 10,
         }
     }
 }
@@ -418,6 +422,12 @@ impl Config {
         if self.engine.max_in_flight_mib == 0 || self.engine.max_in_flight_mib > (1 << 20) {
             return Err("engine.max_in_flight_mib must be within 1..=1048576".into());
         }
+        if !(0..=blockvault_engine::priority::MAX_NICE).contains(&self.engine.nice) {
+            return Err(format!(
+                "engine.nice must be within 0..={}",
+                blockvault_engine::priority::MAX_NICE
+            ));
+        }
         if self.engine.threads > 1024 {
             return Err("engine.threads must be at most 1024".into());
         }
@@ -591,6 +601,8 @@ mod tests {
             "[store]\nchunk_min = 1",
             "[server]\nmax_message_bytes = 1",
             "[jobs]\nmax_queued = 0",
+            "[engine]\nnice = 20",
+            "[engine]\nnice = -1",
             "[volumes]\nallowed_paths = [\"relative/dir\"]",
             "[volumes]\ndedup = \"none\"",
         ] {

@@ -252,6 +252,13 @@ impl Jobs {
             let spawned = std::thread::Builder::new()
                 .name(format!("bv-job-{}", &id.to_string()[..8]))
                 .spawn(move || {
+                    // The job's threads (and those it starts) yield the CPU to the API.
+                    let nice = me.engine.nice();
+                    if nice > 0 {
+                        if let Err(e) = blockvault_engine::priority::set_thread_nice(nice) {
+                            tracing::warn!(job = %id, error = %e, "cannot lower the job's priority");
+                        }
+                    }
                     // A panic (a bug, or input no check foresaw) fails only this job, with a
                     // reason; the daemon and every other job go on.
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -110,6 +110,7 @@ impl Daemon {
             threads: config.engine.threads,
             max_bytes_in_flight: config.engine.max_in_flight_mib << 20,
             key_file: Some(key_file.clone()),
+            nice: config.engine.nice,
         };
         let mut recovered = None;
         let engine = if store_dir.join(blockvault_store::CONFIG_FILE).exists() {

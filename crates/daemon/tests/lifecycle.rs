@@ -439,3 +439,94 @@ async fn rows_of_a_data_dir_from_before_the_catalog_reach_the_catalog() {
     assert_eq!(row["name"], "named-before");
     assert_eq!(row["id"].as_str(), Some(b.id.as_str()));
 }
+
+/// Threads of this process as (name, nice value), from /proc.
+fn threads() -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // the thread ended
+        };
+        let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) else {
+            continue;
+        };
+        // Fields after the `(comm)`: state is field 3, nice field 19.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        out.push((comm.trim().to_string(), nice));
+    }
+    out
+}
+
+/// The data plane (worker pool, job threads) runs at `engine.nice`; the API's threads do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_and_workers_run_at_the_configured_nice_value() {
+    // Other tests of this binary run daemons at the default (10); 13 is this one's alone.
+    const NICE: i32 = 13;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("data"), vec![]);
+    cfg.engine.nice = NICE;
+    let d = blockvault_daemon::start(cfg).await.unwrap();
+    let mut c = connect(&d.endpoint(), Some(&d.admin_token)).await;
+    let img = dir.path().join("vol.img");
+    make_image(&img, 256 * MIB, 5);
+    let vol = register(&mut c, &img, "vol").await;
+
+    let ours = || {
+        threads()
+            .into_iter()
+            .filter(|(n, nice)| n.starts_with("bv-worker-") && *nice == NICE)
+            .count()
+    };
+    assert_eq!(
+        ours(),
+        2,
+        "both workers of engine.threads = 2 at nice {NICE}: {:?}",
+        threads()
+    );
+    let me = threads();
+    assert!(
+        me.iter()
+            .any(|(n, nice)| n.starts_with("tokio-") && *nice < NICE),
+        "the runtime's threads keep their priority: {me:?}"
+    );
+
+    let job = c
+        .backups
+        .create(pb::CreateBackupRequest {
+            volume_id: vol.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let name = format!("bv-job-{}", &job[..8]);
+    let mut seen = false;
+    let t0 = std::time::Instant::now();
+    while !seen && t0.elapsed() < std::time::Duration::from_secs(60) {
+        seen = threads()
+            .iter()
+            .any(|(n, nice)| *n == name && *nice == NICE);
+        let state = c
+            .jobs
+            .get(pb::GetJobRequest {
+                job_id: job.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state;
+        if !seen && matches!(state.as_str(), "succeeded" | "failed" | "cancelled") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert!(
+        seen,
+        "job thread {name} never ran at nice {NICE}: {:?}",
+        threads()
+    );
+    assert_eq!(wait_job(&mut c, &job).await.state, "succeeded");
+    d.stop().await.unwrap();
+}

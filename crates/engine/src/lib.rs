@@ -20,6 +20,7 @@ mod backup;
 pub mod budget;
 pub mod device;
 mod error;
+pub mod priority;
 mod restore;
 mod verify;
 
@@ -84,6 +85,9 @@ pub struct EngineOptions {
     pub max_bytes_in_flight: u64,
     /// Master key file, overriding the store's recorded path.
     pub key_file: Option<PathBuf>,
+    /// Nice value of the worker threads (0..=19; see [`priority`]; a value outside is logged and
+    /// ignored).
+    pub nice: i32,
 }
 
 impl Default for EngineOptions {
@@ -92,6 +96,7 @@ impl Default for EngineOptions {
             threads: 0,
             max_bytes_in_flight: 64 << 20,
             key_file: None,
+            nice: 0,
         }
     }
 }
@@ -102,6 +107,7 @@ pub struct Engine {
     store: Arc<Store>,
     pool: rayon::ThreadPool,
     threads: usize,
+    nice: i32,
     budget: budget::ByteBudget,
     codec: EnvelopeCodec,
     key_file: Option<PathBuf>,
@@ -137,9 +143,17 @@ impl Engine {
         } else {
             opts.threads
         };
+        let nice = opts.nice;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("bv-worker-{i}"))
+            .start_handler(move |_| {
+                if nice > 0 {
+                    if let Err(e) = priority::set_thread_nice(nice) {
+                        tracing::warn!(error = %e, "cannot lower a worker thread's priority");
+                    }
+                }
+            })
             .build()
             .map_err(|e| Error::Internal(format!("worker pool: {e}")))?;
         let min_budget = 4 * u64::from(store.config().chunker.max_size);
@@ -151,6 +165,7 @@ impl Engine {
             store: Arc::new(store),
             pool,
             threads,
+            nice,
             budget: budget::ByteBudget::new(opts.max_bytes_in_flight.max(min_budget)),
             codec,
             key_file,
@@ -231,6 +246,11 @@ impl Engine {
     /// Worker threads of the pool.
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Nice value of the data plane's threads ([`EngineOptions::nice`]).
+    pub fn nice(&self) -> i32 {
+        self.nice
     }
 
     /// The master key, loaded once and checked against the store's fingerprint.

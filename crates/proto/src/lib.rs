@@ -10,6 +10,12 @@ pub mod v1 {
     tonic::include_proto!("blockvault.v1");
 }
 
+/// Writes a `bytes` field (a path) as text, replacing bytes that are not UTF-8 with U+FFFD.
+#[cfg(feature = "serde")]
+fn lossy_text<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(b))
+}
+
 /// The encoded `FileDescriptorSet` of the API, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/blockvault_descriptor.bin"));

@@ -172,3 +172,36 @@ pub fn s(v: &Value) -> String {
         .unwrap_or_else(|| panic!("not a string: {v}"))
         .to_string()
 }
+
+/// The field names of message `name` of `blockvault.v1`, in the proto file's order.
+pub fn message_fields(name: &str) -> Vec<String> {
+    use prost::Message;
+    let fds = prost_types::FileDescriptorSet::decode(blockvault_proto::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set decodes");
+    fds.file
+        .iter()
+        .filter(|f| f.package() == "blockvault.v1")
+        .flat_map(|f| &f.message_type)
+        .find(|m| m.name() == name)
+        .unwrap_or_else(|| panic!("no message {name}"))
+        .field
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect()
+}
+
+/// A JSON object's keys, in order.
+pub fn keys(v: &Value) -> Vec<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// The keys of `key: value` lines, in order.
+pub fn line_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| Some(l.split_once(": ")?.0.trim_end().to_string()))
+        .collect()
+}
