@@ -288,15 +288,7 @@ async fn default_start_and_sigterm_suspends_the_running_job() {
     let img = data.join("volumes/vol.img");
     make_image(&img, 384 * MIB, 31);
     let vol = register(&mut c, &img, "vol").await;
-    let r = c
-        .backups
-        .create(pb::CreateBackupRequest {
-            volume_id: vol.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r = start_backup(&mut c, &vol.id).await;
     loop {
         let j = job(&mut c, &r.job_id).await;
         if j.bytes_done > 0 || j.state == "succeeded" {

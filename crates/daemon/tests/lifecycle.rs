@@ -491,16 +491,7 @@ async fn jobs_and_workers_run_at_the_configured_nice_value() {
         "the runtime's threads keep their priority: {me:?}"
     );
 
-    let job = c
-        .backups
-        .create(pb::CreateBackupRequest {
-            volume_id: vol.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let job = start_backup(&mut c, &vol.id).await.job_id;
     let name = format!("bv-job-{}", &job[..8]);
     let mut seen = false;
     let t0 = std::time::Instant::now();

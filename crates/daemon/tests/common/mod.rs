@@ -140,6 +140,18 @@ pub async fn wait_job(c: &mut Client, job_id: &str) -> pb::Job {
     last
 }
 
+/// Queues a full backup of `volume`; returns the backup and its job id.
+pub async fn start_backup(c: &mut Client, volume: &str) -> pb::CreateBackupResponse {
+    c.backups
+        .create(pb::CreateBackupRequest {
+            volume_id: volume.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Creates a backup and waits for its job to succeed; returns the finished backup.
 pub async fn backup(c: &mut Client, volume: &str, name: &str, incremental: bool) -> pb::Backup {
     let r = c
