@@ -10,6 +10,7 @@ use base64::Engine as _;
 use serde::de::DeserializeOwned;
 
 use super::fault::Fault;
+use super::origin::base_url;
 use super::version::{Version, MIN_VERSION};
 use super::Shared;
 use crate::auth::Caller;
@@ -51,19 +52,6 @@ impl Call {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
-}
-
-/// `http://HOST` from the Host header (`localhost` without one).
-pub fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get("host")
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| {
-            h.chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-        })
-        .unwrap_or("localhost");
-    format!("http://{host}")
 }
 
 /// The token of a request: HTTP Basic `USER:TOKEN` (what `cinder --os-auth-type http_basic`

@@ -12,6 +12,7 @@ mod backups;
 mod call;
 mod count;
 mod fault;
+mod origin;
 mod version;
 mod volumes;
 

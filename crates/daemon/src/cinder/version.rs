@@ -100,7 +100,7 @@ pub async fn negotiate(mut req: Request, next: Next) -> Response {
 
 /// `GET /` and `GET /v3/`: the one version this endpoint serves.
 pub async fn versions(headers: HeaderMap) -> Json<Value> {
-    let base = super::call::base_url(&headers);
+    let base = super::origin::base_url(&headers);
     Json(json!({
         "versions": [{
             "id": "v3.0",
