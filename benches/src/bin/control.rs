@@ -403,6 +403,7 @@ async fn latency(args: &Args, work: &Path, size: u64, nice: i32) -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
+    blockvault_engine::memory::tune_allocator();
     let args = Args::parse();
     if !args.image.exists() {
         eprintln!(

@@ -53,6 +53,9 @@ struct Args {
     /// Worker threads of the engine (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// The engine's byte budget of chunks in flight, in MiB (default: the engine's default).
+    #[arg(long, value_name = "MIB")]
+    in_flight_mib: Option<u64>,
     /// Also back up a sparse file of this many GiB with a few MiB of random data.
     #[arg(long, value_name = "N")]
     sparse_gib: Option<u64>,
@@ -249,7 +252,7 @@ fn compare(a: &Path, b: &Path) -> Result<()> {
 fn fresh_engine(
     dir: &Path,
     encrypt: bool,
-    threads: usize,
+    args: &Args,
     backend: &Backend,
 ) -> Result<(Engine, Option<Arc<S3Packs>>)> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -264,9 +267,13 @@ fn fresh_engine(
     };
     Engine::init(&store, config, encrypt.then_some(key.as_path()))
         .with_context(|| format!("init store {}", store.display()))?;
+    let defaults = EngineOptions::default();
     let opts = EngineOptions {
-        threads,
-        ..EngineOptions::default()
+        threads: args.threads,
+        max_bytes_in_flight: args
+            .in_flight_mib
+            .map_or(defaults.max_bytes_in_flight, |m| m << 20),
+        ..defaults
     };
     match backend {
         Backend::Local => Ok((
@@ -328,7 +335,7 @@ fn run_once(
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
-    let ep = fresh_engine(&dir, encrypt, args.threads, backend)?;
+    let ep = fresh_engine(&dir, encrypt, args, backend)?;
     let e = &ep.0;
     let volume = VolumeId::new("bench-vol")?;
     let image2 = args.image2.as_deref().unwrap_or(image);
@@ -455,7 +462,7 @@ fn sparse_run(args: &Args, gib: u64, work: &Path, rss: &mut PeakRss) -> Result<(
     std::fs::create_dir_all(&dir)?;
     let img = dir.join("sparse.img");
     let data = make_sparse(&img, gib)?;
-    let e = fresh_engine(&dir, encrypt, args.threads, &Backend::Local)?;
+    let e = fresh_engine(&dir, encrypt, args, &Backend::Local)?;
     let mut o = BackupOptions::new(VolumeId::new("sparse-vol")?, &img);
     o.encrypt = encrypt;
     let (rec, s) = timed_backup(&e, o, rss)?;
@@ -484,6 +491,7 @@ fn sparse_run(args: &Args, gib: u64, work: &Path, rss: &mut PeakRss) -> Result<(
 }
 
 fn main() -> Result<()> {
+    blockvault_engine::memory::tune_allocator();
     let args = Args::parse();
     let encrypt = args.encrypt();
     let tmp;

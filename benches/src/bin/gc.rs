@@ -318,6 +318,7 @@ fn check_restore(engine: &Engine, work: &Path, b: &Backup) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
+    blockvault_engine::memory::tune_allocator();
     let args = Args::parse();
     let encrypt = !args.no_encrypt;
     let tmp;

@@ -52,6 +52,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    blockvault_engine::memory::tune_allocator();
     let args = Args::parse();
     let tmp = tempfile::tempdir()?;
     let work = args

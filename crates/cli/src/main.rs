@@ -534,6 +534,7 @@ fn default_sigpipe() {
 }
 
 fn main() -> ExitCode {
+    blockvault_engine::memory::tune_allocator();
     default_sigpipe();
     let cli = Cli::parse();
     match run(cli) {

@@ -102,7 +102,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             threads: 0,
-            max_in_flight_mib: 64,
+            max_in_flight_mib: 16,
             key_file: None,
             nice: 10,
         }

@@ -40,6 +40,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    blockvault_engine::memory::tune_allocator();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

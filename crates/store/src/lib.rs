@@ -44,5 +44,7 @@ pub use pack::{
 };
 pub use recover::{RecoverFrom, RecoverReport, RecoveredBackup};
 pub use retention::RetainReport;
-pub use s3::{RequestCounts, S3Packs, S3Settings, PARTS_IN_FLIGHT, PART_SIZE};
+pub use s3::{
+    RequestCounts, S3Packs, S3Settings, PARTS_IN_FLIGHT, PART_SIZE, STORE_PARTS_IN_FLIGHT,
+};
 pub use trailer::PackListing;

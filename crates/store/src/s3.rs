@@ -43,6 +43,12 @@ use crate::s3_lock::S3Lock;
 pub const PART_SIZE: usize = 8 << 20;
 /// Parts of one pack uploading at the same time.
 pub const PARTS_IN_FLIGHT: usize = 2;
+/// Parts uploading at the same time across all packs of a store. Up to four packs are alive in
+/// a backup (the open one, two queued for the sealer, the one it finishes), so a bound per pack
+/// alone would let four times [`PARTS_IN_FLIGHT`] parts of [`PART_SIZE`] sit in memory; this
+/// one keeps the upload side of a backup at `(STORE_PARTS_IN_FLIGHT + 1) * PART_SIZE` however
+/// many packs or backups there are.
+pub const STORE_PARTS_IN_FLIGHT: usize = 3;
 /// Reads a restore or verify keeps in flight against a bucket.
 pub const READ_CONCURRENCY: usize = 8;
 /// Attempts of one request by this backend (each attempt also has `object_store`'s own retries
@@ -262,6 +268,10 @@ pub struct RequestCounts {
     pub bytes_down: AtomicU64,
     /// Requests for catalog objects (PUT, GET, DELETE, LIST under `meta/`).
     pub catalog: AtomicU64,
+    /// Parts uploading now, across all packs.
+    pub parts_in_flight: AtomicU64,
+    /// The most parts that were uploading at once.
+    pub parts_in_flight_peak: AtomicU64,
 }
 
 impl RequestCounts {
@@ -310,6 +320,8 @@ pub struct S3Packs {
     s3: Arc<AmazonS3>,
     lock: Arc<S3Lock>,
     counts: Arc<RequestCounts>,
+    /// Permits for parts uploading, [`STORE_PARTS_IN_FLIGHT`] in all.
+    parts: Arc<tokio::sync::Semaphore>,
     /// Taken on drop and shut down in the background: dropping a runtime inside another
     /// runtime's thread would panic.
     rt: Option<Runtime>,
@@ -433,6 +445,7 @@ impl S3Packs {
             s3: Arc::new(s3),
             lock: Arc::new(lock),
             counts: Arc::default(),
+            parts: Arc::new(tokio::sync::Semaphore::new(STORE_PARTS_IN_FLIGHT)),
             rt: Some(rt),
         })
     }
@@ -510,6 +523,7 @@ impl PackStorage for S3Packs {
             upload: None,
             size: 0,
             counts: self.counts.clone(),
+            parts: self.parts.clone(),
         }))
     }
 
@@ -760,6 +774,8 @@ struct S3Sink {
     upload: Option<Upload>,
     size: u64,
     counts: Arc<RequestCounts>,
+    /// The store's permits for parts uploading (see [`STORE_PARTS_IN_FLIGHT`]).
+    parts: Arc<tokio::sync::Semaphore>,
 }
 
 impl S3Sink {
@@ -768,7 +784,9 @@ impl S3Sink {
     }
 
     /// Sends the full buffer as the next part, after waiting for the oldest part if
-    /// [`PARTS_IN_FLIGHT`] are uploading already.
+    /// [`PARTS_IN_FLIGHT`] are uploading already, and for a permit of the store's
+    /// [`STORE_PARTS_IN_FLIGHT`]. The permits are held by upload tasks only, which end on their
+    /// own (done, or failed after their retries), so waiting for one cannot deadlock.
     fn send_part(&mut self) -> io::Result<()> {
         let data = PutPayload::from(Bytes::from(std::mem::take(&mut self.buf)));
         let counts = self.counts.clone();
@@ -799,14 +817,25 @@ impl S3Sink {
         }
         let idx = up.parts.len() + up.in_flight.len();
         let (s3, key, id) = (self.s3.clone(), self.key.clone(), up.id.clone());
+        let permits = self.parts.clone();
+        // The semaphore is never closed, so acquiring fails only if that changes.
+        let permit = block(&self.rt, async move { permits.acquire_owned().await })
+            .map_err(|_| io::Error::other(format!("{what}: upload permits closed")))?;
         let task = self.rt.spawn(async move {
-            attempt(|| {
+            let _permit = permit;
+            let now = counts.parts_in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+            counts
+                .parts_in_flight_peak
+                .fetch_max(now, Ordering::Relaxed);
+            let r = attempt(|| {
                 let (s3, key, id, data) = (s3.clone(), key.clone(), id.clone(), data.clone());
                 RequestCounts::add(&counts.multipart, 1);
                 RequestCounts::add(&counts.bytes_up, data.content_length() as u64);
                 async move { s3.put_part(&key, &id, idx, data).await }
             })
-            .await
+            .await;
+            counts.parts_in_flight.fetch_sub(1, Ordering::Relaxed);
+            r
         });
         up.in_flight.push_back(task);
         Ok(())

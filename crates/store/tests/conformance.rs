@@ -10,7 +10,7 @@ use blockvault_core::PackId;
 use blockvault_s3_test_server::S3Server;
 use blockvault_store::{
     Backend, Faults, FaultyPacks, LocalPacks, MemoryPacks, PackStorage, S3Packs, S3Settings, Store,
-    StoreConfig, PART_SIZE,
+    StoreConfig, PART_SIZE, STORE_PARTS_IN_FLIGHT,
 };
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -157,6 +157,48 @@ fn an_unfinished_s3_pack_is_not_readable() {
     );
     drop(sink);
     assert!(p.list().unwrap().is_empty());
+}
+
+/// Four packs uploading at once (a backup's open pack, two queued for the sealer and the one it
+/// finishes, or several backups) keep at most [`STORE_PARTS_IN_FLIGHT`] parts in flight
+/// together, so the memory of the upload side does not grow with the number of packs.
+#[test]
+fn parts_in_flight_are_bounded_across_packs() {
+    use blockvault_s3_test_server::Options;
+    let server = S3Server::start_with(Options {
+        buckets: vec!["packs-test".into()],
+        delay_ms: 150,
+        ..Options::default()
+    });
+    let p = Arc::new(S3Packs::new(s3_settings(&server, "bounded")).unwrap());
+    let ids: Vec<PackId> = (0..4).map(|_| PackId::random()).collect();
+    let threads: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                let mut sink = p.create(id).unwrap();
+                sink.write_all(&random(PART_SIZE * 3 + 10, i as u64))
+                    .unwrap();
+                sink.finish().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let peak = p
+        .requests()
+        .parts_in_flight_peak
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (2..=STORE_PARTS_IN_FLIGHT as u64).contains(&peak),
+        "{peak} parts were uploading at once"
+    );
+    for id in ids {
+        assert_eq!(p.read_at(id, 0, 4).unwrap().len(), 4, "pack {id} is whole");
+    }
 }
 
 /// The store writes byte-identical packs through every backend: the same chunks give the same
