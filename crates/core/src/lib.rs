@@ -18,6 +18,7 @@ pub mod chunker;
 pub mod clock;
 pub mod envelope;
 pub mod error;
+pub mod extents;
 pub mod format;
 pub mod id;
 pub mod keys;
