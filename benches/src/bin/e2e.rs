@@ -251,7 +251,6 @@ fn compare(a: &Path, b: &Path) -> Result<()> {
 /// A fresh store with an engine over it, and the S3 backend's request counters.
 fn fresh_engine(
     dir: &Path,
-    encrypt: bool,
     args: &Args,
     backend: &Backend,
 ) -> Result<(Engine, Option<Arc<S3Packs>>)> {
@@ -265,7 +264,7 @@ fn fresh_engine(
         },
         ..StoreConfig::default()
     };
-    Engine::init(&store, config, encrypt.then_some(key.as_path()))
+    Engine::init(&store, config, args.encrypt().then_some(key.as_path()))
         .with_context(|| format!("init store {}", store.display()))?;
     let defaults = EngineOptions::default();
     let opts = EngineOptions {
@@ -335,7 +334,7 @@ fn run_once(
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
-    let ep = fresh_engine(&dir, encrypt, args, backend)?;
+    let ep = fresh_engine(&dir, args, backend)?;
     let e = &ep.0;
     let volume = VolumeId::new("bench-vol")?;
     let image2 = args.image2.as_deref().unwrap_or(image);
@@ -462,7 +461,7 @@ fn sparse_run(args: &Args, gib: u64, work: &Path, rss: &mut PeakRss) -> Result<(
     std::fs::create_dir_all(&dir)?;
     let img = dir.join("sparse.img");
     let data = make_sparse(&img, gib)?;
-    let e = fresh_engine(&dir, encrypt, args, &Backend::Local)?;
+    let e = fresh_engine(&dir, args, &Backend::Local)?;
     let mut o = BackupOptions::new(VolumeId::new("sparse-vol")?, &img);
     o.encrypt = encrypt;
     let (rec, s) = timed_backup(&e, o, rss)?;

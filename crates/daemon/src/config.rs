@@ -102,7 +102,8 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             threads: 0,
-            max_in_flight_mib: 16,
+            max_in_flight_mib: blockvault_engine::EngineOptions::default().max_bytes_in_flight
+                >> 20,
             key_file: None,
             nice: 10,
         }
