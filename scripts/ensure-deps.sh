@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test blockvault: libclang (for
-# librocksdb-sys's bindgen), a C++ compiler, and python-cinderclient (the real `cinder` command
-# the Cinder REST tests drive) in a virtualenv, and `promtool` (which checks the daemon's /metrics
-# scrape) unpacked from Debian's `prometheus` package. Idempotent; does nothing when everything is
-# present.
+# librocksdb-sys's bindgen), a C++ compiler, nbdinfo (libnbd-bin, for the CBT tests),
+# python-cinderclient (the real `cinder` command the Cinder REST tests drive) in a virtualenv, and
+# `promtool` (which checks the daemon's /metrics scrape) unpacked from Debian's `prometheus`
+# package. Idempotent; does nothing when everything is present.
 set -euo pipefail
 
 # bindgen loads libclang through clang-sys, which looks for `libclang.so`, `libclang-*.so` and
@@ -37,6 +37,8 @@ have_libclang || missing+=(libclang-dev)
 command -v g++ >/dev/null || missing+=(g++)
 command -v losetup >/dev/null || missing+=(mount)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# nbdinfo reads a qcow2 image's dirty bitmap over NBD in the CBT tests (which skip without it).
+command -v nbdinfo >/dev/null || missing+=(libnbd-bin)
 
 if ((${#missing[@]})); then
   echo "ensure-deps: installing ${missing[*]}" >&2

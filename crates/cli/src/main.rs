@@ -15,11 +15,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use blockvault_core::{BackupId, BackupRecord, ChunkerParams, Compression, VolumeId};
 use blockvault_engine::{
-    BackupOptions, Engine, EngineOptions, Progress, RecoverFrom, RestoreOptions,
+    BackupOptions, Cbt, Engine, EngineOptions, OnMismatch, Progress, RecoverFrom, RestoreOptions,
 };
 use blockvault_store::{Backend, S3Settings, StoreConfig};
 use clap::{Args, Parser, Subcommand};
 
+mod cbt;
 mod client;
 mod remote;
 mod render;
@@ -157,6 +158,8 @@ enum Local {
         /// Encrypt this volume (a volume with a data key is always encrypted).
         #[arg(long)]
         encrypt: bool,
+        #[command(flatten)]
+        cbt: cbt::CbtArgs,
         #[arg(long)]
         json: bool,
     },
@@ -347,6 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             incremental,
             parent,
             encrypt,
+            cbt,
             json,
         } => {
             let e = engine(&store)?;
@@ -354,6 +358,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             o.incremental = incremental;
             o.parent = parent.as_deref().map(parse_backup).transpose()?;
             o.encrypt = encrypt;
+            o.cbt = cbt.read_extents()?.map(|extents| Cbt {
+                extents: extents.into(),
+                sample: cbt.sample(),
+                on_mismatch: if cbt.full_read_on_mismatch() {
+                    OnMismatch::FullRead
+                } else {
+                    OnMismatch::Fail
+                },
+            });
             let bar = Bar::bytes("backup");
             o.progress = bar.clone();
             let rec = e.backup(o)?;
@@ -361,6 +374,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&rec)?;
             } else {
+                if let Some(c) = &rec.cbt {
+                    eprintln!(
+                        "changed-block tracking: {} changed, {} read of {}, {} sampled{}",
+                        human(c.changed_bytes),
+                        human(c.read_bytes),
+                        human(rec.size),
+                        human(c.sampled_bytes),
+                        c.mismatch_offset
+                            .map(|at| format!(
+                                " (differed from the parent at byte {at}: read everything)"
+                            ))
+                            .unwrap_or_default()
+                    );
+                }
                 println!("{}", rec.id);
             }
         }

@@ -18,6 +18,7 @@ use blockvault_proto::v1::{
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use crate::cbt::CbtArgs;
 use crate::client::{connect, grpc, parse_kv, tags, Clients, Conn, Svc};
 use crate::render::{cell, human, print_json, show, value};
 use crate::vault::{PolicyArgs, VaultArgs};
@@ -147,6 +148,8 @@ enum BackupCmd {
         /// Read the data from this registered snapshot volume.
         #[arg(long, value_name = "ID")]
         snapshot: Option<String>,
+        #[command(flatten)]
+        cbt: CbtArgs,
         /// Watch the job until it ends; exit status 1 unless it succeeds.
         #[arg(long)]
         wait: bool,
@@ -471,8 +474,14 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
             force,
             metadata,
             snapshot,
+            cbt,
             wait,
         } => {
+            let changed_extents = match cbt.read_extents()? {
+                Some(json) => String::from_utf8(json)
+                    .map_err(|_| anyhow!("--changed-extents: the file is not UTF-8"))?,
+                None => String::new(),
+            };
             let r = backups
                 .create(CreateBackupRequest {
                     volume_id: volume,
@@ -484,6 +493,9 @@ async fn backup(conn: &Conn, cmd: BackupCmd) -> Result<ExitCode> {
                     metadata: metadata.into_iter().collect(),
                     availability_zone: String::new(),
                     snapshot_id: snapshot.unwrap_or_default(),
+                    changed_extents,
+                    cbt_sample: cbt.sample(),
+                    cbt_full_read_on_mismatch: cbt.full_read_on_mismatch(),
                 })
                 .await
                 .map_err(grpc)?

@@ -171,3 +171,72 @@ fn a_wrong_token_is_unauthenticated() {
     // The right one (read from the data directory) works.
     d.ok(&[&"volume", &"list"]);
 }
+
+#[test]
+fn cbt_incremental_through_backup_create() {
+    let d = Daemon::start();
+    let img = d.dir.path().join("vol.img");
+    let mut data = image(&img);
+    let vol = d
+        .ok(&[&"volume", &"register", &"--path", &img, &"--name", &"v1"])
+        .trim()
+        .to_string();
+    d.ok(&[&"backup", &"create", &"--volume", &vol, &"--wait"]);
+
+    // Two writes, reported in `rbd diff --format json` form.
+    rand::rngs::StdRng::seed_from_u64(9).fill_bytes(&mut data[(5 << 20)..(5 << 20) + 70_000]);
+    data[(70 << 20)..(70 << 20) + 4096].fill(0x42);
+    std::fs::write(&img, &data).unwrap();
+    let extents = d.dir.path().join("diff.json");
+    std::fs::write(
+        &extents,
+        format!(
+            r#"[{{"offset": {}, "length": 70000, "exists": "true"}},
+                {{"offset": {}, "length": 4096, "exists": "true"}}]"#,
+            5 << 20,
+            70 << 20
+        ),
+    )
+    .unwrap();
+    let inc = d.json(&[
+        &"backup",
+        &"create",
+        &"--volume",
+        &vol,
+        &"--incremental",
+        &"--changed-extents",
+        &extents,
+        &"--cbt-sample",
+        &"0.25",
+        &"--wait",
+        &"--json",
+    ]);
+    assert_eq!(inc["job"]["state"], "succeeded", "{inc}");
+    let cbt = &inc["backup"]["cbt"];
+    assert_eq!(cbt["source"], "rbd-diff", "{inc}");
+    assert_eq!(cbt["changed_bytes"], 74_096, "{inc}");
+    let read = cbt["read_bytes"].as_u64().unwrap();
+    assert!(read < 2 << 20, "read {read} bytes of 80 MiB: {inc}");
+    let inc_id = s(&inc["backup"]["id"]);
+    let r = d.json(&[
+        &"backup", &"restore", &inc_id, &"--name", &"r1", &"--wait", &"--json",
+    ]);
+    assert_eq!(r["job"]["state"], "succeeded", "{r}");
+    assert_restored(&d, &s(&r["volume_id"]), &data);
+
+    // A bad list is refused at once, naming the field.
+    std::fs::write(&extents, b"[{\"offset\": 1}]").unwrap();
+    let err = d.fails(&[
+        &"backup",
+        &"create",
+        &"--volume",
+        &vol,
+        &"--incremental",
+        &"--changed-extents",
+        &extents,
+    ]);
+    assert!(
+        err.contains("INVALID_ARGUMENT") && err.contains("changed_extents"),
+        "{err}"
+    );
+}

@@ -59,6 +59,17 @@ pub struct ChangedExtents {
     extents: Vec<Extent>,
 }
 
+impl ExtentSource {
+    /// The form's name as recorded ([`crate::CbtStats::source`]).
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExtentSource::Plain => "plain",
+            ExtentSource::RbdDiff => "rbd-diff",
+            ExtentSource::NbdDirtyMap => "nbd-dirty-map",
+        }
+    }
+}
+
 impl ChangedExtents {
     /// Parses `json` (any of the three forms) for a volume of `volume_size` bytes.
     pub fn parse(json: &[u8], volume_size: u64) -> Result<ChangedExtents> {

@@ -33,4 +33,4 @@ pub use error::{Error, Result};
 pub use id::{BackupId, ChunkId, PackId, VolumeId};
 pub use keys::{CatalogKey, ChunkKeys, DataKey, DomainIdKey, MasterKey, WrappedKey};
 pub use manifest::{ManifestBlock, ManifestEntry};
-pub use record::{BackupRecord, BackupState};
+pub use record::{BackupRecord, BackupState, CbtStats};

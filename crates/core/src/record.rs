@@ -79,6 +79,30 @@ pub struct BackupRecord {
     /// field existed, and omitted when `None`, so such records are unchanged byte for byte.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedup_domain: Option<String>,
+    /// How a CBT incremental read its volume ([`CbtStats`]); `None` for backups that read
+    /// everything. Omitted when `None`, like `dedup_domain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cbt: Option<CbtStats>,
+}
+
+/// What a changed-block-tracking incremental read, and what its sampling check found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CbtStats {
+    /// The form the changed extents came in (`plain`, `rbd-diff`, `nbd-dirty-map`).
+    pub source: String,
+    /// Bytes the changed extents cover.
+    pub changed_bytes: u64,
+    /// Bytes of the volume read and chunked: the changed extents, widened to the parent's chunk
+    /// boundaries until the chunking met the parent's cut points again (sampling excluded).
+    pub read_bytes: u64,
+    /// Bytes of regions reported unchanged that were read and compared with the parent.
+    pub sampled_bytes: u64,
+    /// The offset of the first sampled region that differed from the parent (the CBT source
+    /// missed a change); `None` when every sampled region matched.
+    pub mismatch_offset: Option<u64>,
+    /// After a mismatch, the backup read the whole volume instead (as configured).
+    pub full_read: bool,
 }
 
 impl BackupRecord {
@@ -141,10 +165,19 @@ mod tests {
             manifest_blocks: 1,
             fail_reason: None,
             dedup_domain: None,
+            cbt: None,
         };
         assert_eq!(BackupRecord::decode(&r.encode()).unwrap(), r);
         let with_domain = BackupRecord {
             dedup_domain: Some("p1".into()),
+            cbt: Some(CbtStats {
+                source: "rbd-diff".into(),
+                changed_bytes: 4096,
+                read_bytes: 65536,
+                sampled_bytes: 8192,
+                mismatch_offset: None,
+                full_read: false,
+            }),
             ..r.clone()
         };
         assert_eq!(
@@ -162,6 +195,7 @@ mod tests {
         // Without a domain the field is omitted: the record is what older versions wrote.
         let v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
         assert!(v.get("dedup_domain").is_none(), "{v}");
+        assert!(v.get("cbt").is_none(), "{v}");
         let mut v: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
         v["format"] = 99.into();
         assert!(BackupRecord::decode(&serde_json::to_vec(&v).unwrap()).is_err());

@@ -49,6 +49,7 @@ fn bare_row(b: &RecoveredBackup) -> BackupRow {
         encryption_key_id: None,
         job_id: None,
         vault_id: None,
+        cbt: None,
     }
 }
 

@@ -237,6 +237,14 @@ fn backup_pb(b: BackupRow, has_dependent_backups: bool) -> pb::Backup {
         },
         stored_bytes: b.stored_bytes,
         job_id: b.job_id.map(|j| j.to_string()).unwrap_or_default(),
+        cbt: b.cbt.map(|c| pb::CbtResult {
+            source: c.source,
+            changed_bytes: c.changed_bytes,
+            read_bytes: c.read_bytes,
+            sampled_bytes: c.sampled_bytes,
+            mismatch_offset: c.mismatch_offset,
+            full_read: c.full_read,
+        }),
     }
 }
 
@@ -384,6 +392,10 @@ impl pb::backups_server::Backups for Api {
                     availability_zone: r.availability_zone,
                     snapshot_id: r.snapshot_id,
                     at: None,
+                    changed_extents: (!r.changed_extents.is_empty())
+                        .then(|| r.changed_extents.into_bytes().into()),
+                    cbt_sample: r.cbt_sample,
+                    cbt_full_read_on_mismatch: r.cbt_full_read_on_mismatch,
                 },
             )?;
             Ok(pb::CreateBackupResponse {

@@ -5,6 +5,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use blockvault_core::extents::ChangedExtents;
 use blockvault_core::{BackupId, BackupRecord, VolumeId};
 use blockvault_engine::{Engine, Error as EngineError};
 use uuid::Uuid;
@@ -32,7 +33,16 @@ pub struct CreateBackup {
     pub snapshot_id: String,
     /// Creation time to record (the policy scheduler's clock); now when unset.
     pub at: Option<time::OffsetDateTime>,
+    /// Changed-block tracking: the extents changed since the parent, as JSON.
+    pub changed_extents: Option<Arc<[u8]>>,
+    /// With `changed_extents`: the fraction of unchanged regions to sample (0 to 1).
+    pub cbt_sample: f64,
+    /// With `changed_extents`: a sampled mismatch reads everything instead of failing.
+    pub cbt_full_read_on_mismatch: bool,
 }
+
+/// Most bytes of changed extents a request may carry (a gRPC message holds 4 MiB by default).
+const MAX_CHANGED_EXTENTS: usize = 16 << 20;
 
 /// Backups.List parameters.
 #[derive(Clone, Debug, Default)]
@@ -94,6 +104,7 @@ impl<'a> Backups<'a> {
         } else {
             Some(parse_uuid("snapshot_id", &req.snapshot_id)?)
         };
+        let cbt = check_cbt(&req)?;
         let mut st = self.rows.lock();
         self.jobs.check_queue(&st)?;
         let vol = visible_volume(&st, caller, &volume_id)?.clone();
@@ -145,6 +156,12 @@ impl<'a> Backups<'a> {
         } else {
             None
         };
+        if let Some(json) = &req.changed_extents {
+            // Checked against the registered size now, so the caller hears of a bad list at
+            // once; the engine checks again against the size it reads.
+            ChangedExtents::parse(json, vol.size)
+                .map_err(|e| Error::invalid_argument(e.to_string()))?;
+        }
         let t = req.at.unwrap_or_else(now);
         let backup_id = Uuid::new_v4();
         let job_id = Uuid::new_v4();
@@ -174,6 +191,7 @@ impl<'a> Backups<'a> {
             encryption_key_id: vol.encryption_key_id,
             job_id: Some(job_id),
             vault_id,
+            cbt: None,
         };
         let job = JobRow {
             format: ROW_VERSION,
@@ -195,10 +213,16 @@ impl<'a> Backups<'a> {
             started_at: None,
             finished_at: None,
             fail_reason: None,
+            cbt,
         };
         Changes {
             backups: vec![backup.clone()],
             jobs: vec![job.clone()],
+            job_extents: req
+                .changed_extents
+                .map(|json| (job_id, json))
+                .into_iter()
+                .collect(),
             ..Default::default()
         }
         .commit(&self.rows.db, &mut st)?;
@@ -584,6 +608,7 @@ impl<'a> Backups<'a> {
             started_at: None,
             finished_at: None,
             fail_reason: None,
+            cbt: None,
         };
         Changes {
             volumes: vec![volume.clone()],
@@ -768,4 +793,41 @@ fn active_job(st: &State, backup: Uuid) -> Option<&JobRow> {
     st.jobs
         .values()
         .find(|j| j.backup_id == backup && !j.state.is_final())
+}
+
+/// Checks a Create request's CBT fields (the extents themselves are checked against the
+/// volume's size once it is known).
+fn check_cbt(req: &CreateBackup) -> Result<Option<JobCbt>> {
+    let Some(json) = &req.changed_extents else {
+        if req.cbt_sample != 0.0 || req.cbt_full_read_on_mismatch {
+            return Err(Error::invalid(
+                "cbt_sample",
+                "the CBT options need changed_extents",
+            ));
+        }
+        return Ok(None);
+    };
+    if !req.incremental {
+        return Err(Error::invalid(
+            "changed_extents",
+            "only an incremental backup takes changed extents: they say what changed since \
+             its parent",
+        ));
+    }
+    if json.len() > MAX_CHANGED_EXTENTS {
+        return Err(Error::invalid(
+            "changed_extents",
+            format!("{} bytes, at most {MAX_CHANGED_EXTENTS}", json.len()),
+        ));
+    }
+    if !(req.cbt_sample.is_finite() && (0.0..=1.0).contains(&req.cbt_sample)) {
+        return Err(Error::invalid(
+            "cbt_sample",
+            format!("{} is not a fraction between 0 and 1", req.cbt_sample),
+        ));
+    }
+    Ok(Some(JobCbt {
+        sample_ppm: (req.cbt_sample * 1e6).round() as u32,
+        full_read_on_mismatch: req.cbt_full_read_on_mismatch,
+    }))
 }

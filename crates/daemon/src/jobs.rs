@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use blockvault_core::{BackupId, BackupRecord, BackupState, VolumeId};
-use blockvault_engine::{BackupOptions, CancelToken, Engine, Error as EngineError, RestoreOptions};
+use blockvault_engine::{
+    BackupOptions, CancelToken, Cbt, Engine, Error as EngineError, OnMismatch, RestoreOptions,
+};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -328,6 +330,25 @@ impl Jobs {
                 // The row goes into the catalog with the record, so a node recovered from the
                 // bucket lists this backup again with its Cinder fields (`adopt.rs`).
                 opts.annotation = serde_json::to_string(&row).ok();
+                if let Some(c) = job.cbt {
+                    let extents = self
+                        .rows
+                        .db
+                        .job_extents(&job.id)
+                        .map_err(|e| EngineError::Internal(e.to_string()))?
+                        .ok_or_else(|| {
+                            EngineError::Internal("the job's changed extents are missing".into())
+                        })?;
+                    opts.cbt = Some(Cbt {
+                        extents: extents.into(),
+                        sample: f64::from(c.sample_ppm) / 1e6,
+                        on_mismatch: if c.full_read_on_mismatch {
+                            OnMismatch::FullRead
+                        } else {
+                            OnMismatch::Fail
+                        },
+                    });
+                }
                 opts.progress = run.progress.clone();
                 opts.cancel = run.cancel.clone();
                 self.engine.backup(opts).map(|_| ())
@@ -616,6 +637,7 @@ fn fill_from_record(b: &mut BackupRow, rec: &BackupRecord) {
     b.is_incremental = rec.is_incremental;
     b.encrypted = rec.encrypted;
     b.encryption_key_id = rec.encryption_key_id;
+    b.cbt = rec.cbt.clone();
 }
 
 /// The changes that end `job` in `state` (`res` carries the failure reason).
@@ -660,6 +682,9 @@ fn end_job(st: &State, mut job: JobRow, res: Result<(), String>, state: JobState
             v.updated_at = t;
             ch.volumes.push(v);
         }
+    }
+    if job.cbt.is_some() {
+        ch.gone_job_extents.push(job.id);
     }
     ch.jobs.push(job);
     ch

@@ -32,7 +32,10 @@ pub(crate) const CF_VAULT_USED: &str = "vault_used";
 /// Volume ids that were once registered: `volume id -> ""`. An id is never accepted again, so a
 /// caller who picks ids cannot step into a former volume's keys, backups or parent chain.
 const CF_RETIRED_VOLUMES: &str = "retired_volumes";
-const ALL_CFS: [&str; 9] = [
+/// The changed extents of CBT backup jobs (`job id -> JSON`, as the request gave them), kept
+/// apart from the job rows, which are rewritten as they progress; deleted when the job ends.
+const CF_JOB_EXTENTS: &str = "job_extents";
+const ALL_CFS: [&str; 10] = [
     CF_VOLUMES,
     CF_BACKUPS,
     CF_JOBS,
@@ -42,6 +45,7 @@ const ALL_CFS: [&str; 9] = [
     CF_VAULT_CHARGES,
     CF_VAULT_USED,
     CF_RETIRED_VOLUMES,
+    CF_JOB_EXTENTS,
 ];
 
 /// A volume's Cinder-style status.
@@ -331,6 +335,19 @@ pub struct BackupRow {
     /// The vault it belongs to.
     #[serde(default)]
     pub vault_id: Option<Uuid>,
+    /// What a CBT incremental read and what its sampling found (from the engine's record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cbt: Option<blockvault_core::CbtStats>,
+}
+
+/// A CBT backup job's options; its extents are in the control database beside the job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobCbt {
+    /// The fraction of unchanged regions to sample, in millionths.
+    pub sample_ppm: u32,
+    /// A sampled mismatch falls back to a full read instead of failing the backup.
+    pub full_read_on_mismatch: bool,
 }
 
 /// A queued, running or finished job.
@@ -363,6 +380,9 @@ pub struct JobRow {
     #[serde(with = "time::serde::rfc3339::option")]
     pub finished_at: Option<OffsetDateTime>,
     pub fail_reason: Option<String>,
+    /// Backups with changed-block tracking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cbt: Option<JobCbt>,
 }
 
 /// Rows loaded at start.
@@ -471,6 +491,15 @@ impl ControlDb {
         Ok(self.db.write_opt(txn.batch, &wo)?)
     }
 
+    /// The changed extents of CBT backup job `job`, if it has them.
+    pub fn job_extents(&self, job: &Uuid) -> Result<Option<Vec<u8>>, DbError> {
+        let h = self
+            .db
+            .cf_handle(CF_JOB_EXTENTS)
+            .expect("column family opened");
+        Ok(self.db.get_cf(h, job.as_bytes())?)
+    }
+
     /// Flushes memtables (clean shutdown).
     pub fn flush(&self) -> Result<(), DbError> {
         for cf in ALL_CFS {
@@ -514,6 +543,23 @@ impl TxnBuilder<'_> {
 
     pub fn job(&mut self, j: &JobRow) -> &mut Self {
         self.put(CF_JOBS, &j.id, j)
+    }
+
+    /// The changed extents of CBT backup job `job`.
+    pub fn job_extents(&mut self, job: &Uuid, json: &[u8]) -> &mut Self {
+        let h = self
+            .db
+            .db
+            .cf_handle(CF_JOB_EXTENTS)
+            .expect("column family opened");
+        self.txn.batch.put_cf(h, job.as_bytes(), json);
+        self.txn.puts += 1;
+        self
+    }
+
+    /// Forgets a job's changed extents (when it ends).
+    pub fn delete_job_extents(&mut self, job: &Uuid) -> &mut Self {
+        self.delete(CF_JOB_EXTENTS, job)
     }
 
     pub fn vault(&mut self, v: &VaultRow) -> &mut Self {

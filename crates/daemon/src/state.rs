@@ -116,6 +116,10 @@ pub(crate) struct Changes {
     pub(crate) gone_backups: Vec<Uuid>,
     pub(crate) gone_vaults: Vec<Uuid>,
     pub(crate) gone_policies: Vec<Uuid>,
+    /// Changed extents of new CBT backup jobs (kept in the database only).
+    pub(crate) job_extents: Vec<(Uuid, Arc<[u8]>)>,
+    /// Jobs whose changed extents are no longer needed.
+    pub(crate) gone_job_extents: Vec<Uuid>,
 }
 
 impl Changes {
@@ -154,6 +158,12 @@ impl Changes {
         }
         for j in &self.jobs {
             t.job(j);
+        }
+        for (id, json) in &self.job_extents {
+            t.job_extents(id, json);
+        }
+        for id in &self.gone_job_extents {
+            t.delete_job_extents(id);
         }
         for id in &self.gone_volumes {
             t.delete_volume(id);

@@ -19,18 +19,21 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use blockvault_core::chunker::{is_zero, Chunker, RawChunk};
+use blockvault_core::chunker::Chunker;
+use blockvault_core::extents::Extent;
 use blockvault_core::format::RECORD_VERSION;
 use blockvault_core::manifest::ManifestBuilder;
 use blockvault_core::{
-    BackupId, BackupRecord, BackupState, ChunkId, ChunkKeys, DataKey, EnvelopeCodec, ManifestBlock,
+    BackupId, BackupRecord, BackupState, CbtStats, ChunkId, ChunkerParams, DataKey, ManifestBlock,
     ManifestEntry, PackId, VolumeId,
 };
-use blockvault_store::{PackWriter, RefBatch, Store};
+use blockvault_store::{PackWriter, RefBatch};
 use time::OffsetDateTime;
 
+use crate::cbt::{self, Cbt, OnMismatch, ParentCursor};
 use crate::device::Source;
 use crate::error::{Error, Result};
+use crate::feed::{Feed, Item, Processed};
 use crate::{CancelToken, Engine, NoProgress, Progress, VolumeKeys};
 
 /// What to back up and how.
@@ -55,6 +58,9 @@ pub struct BackupOptions {
     /// [`blockvault_store::MAX_ANNOTATION`] bytes, given back by `recover` (the daemon stores
     /// its control row here, so a recovered node lists its backups with their Cinder fields).
     pub annotation: Option<String>,
+    /// Changed-block tracking: read only the extents that changed since the parent (needs
+    /// `incremental`; see [`Cbt`]).
+    pub cbt: Option<Cbt>,
     pub progress: Arc<dyn Progress>,
     pub cancel: CancelToken,
 }
@@ -71,35 +77,9 @@ impl BackupOptions {
             dedup_domain: None,
             id: None,
             annotation: None,
+            cbt: None,
             progress: Arc::new(NoProgress),
             cancel: CancelToken::default(),
-        }
-    }
-}
-
-/// A worker's verdict on one chunk.
-enum Processed {
-    Hole,
-    Chunk {
-        id: ChunkId,
-        /// Kept when the chunk looked stored already (needed only if GC removes it meanwhile).
-        data: Option<Vec<u8>>,
-        envelope: Option<Vec<u8>>,
-    },
-}
-
-struct Item {
-    seq: u64,
-    len: u32,
-    result: Result<Processed>,
-}
-
-impl Item {
-    /// Budget bytes this item holds: chunks sent to a worker hold their length, holes nothing.
-    fn held(&self) -> u64 {
-        match self.result {
-            Ok(Processed::Hole) => 0,
-            _ => u64::from(self.len),
         }
     }
 }
@@ -121,35 +101,54 @@ struct Outcome {
     object_count: u64,
     /// Bytes the manifest covers.
     bytes: u64,
+    /// Bytes of the volume the reader read.
+    read_bytes: u64,
 }
 
-/// Holes are handed to the writer in pieces of at most this many bytes.
-const HOLE_PIECE: u64 = 1 << 30;
+/// A CBT incremental, planned: its inputs, its parent, what to read, and what it found.
+struct CbtPlan {
+    cbt: Cbt,
+    parent: BackupRecord,
+    extents: Vec<Extent>,
+    stats: CbtStats,
+}
+
+/// Feeds the whole volume: each data region chunked, the holes between them recorded unread.
+/// Returns the bytes read.
+fn read_all(feed: &mut Feed<'_>, source: &Source, params: ChunkerParams) -> Result<u64> {
+    let src_err = |e: std::io::Error| Error::Source {
+        path: source.path.display().to_string(),
+        source: e,
+    };
+    let (mut pos, mut read) = (0u64, 0u64);
+    let mut chunker: Option<Chunker<std::io::Take<&std::fs::File>>> = None;
+    for region in source.data_regions() {
+        let (start, end) = region.map_err(src_err)?;
+        feed.hole(start - pos);
+        let mut file = &source.file;
+        file.seek(SeekFrom::Start(start)).map_err(src_err)?;
+        let reader = file.take(end - start);
+        let chunker = match chunker.as_mut() {
+            Some(c) => {
+                c.reset(reader);
+                c
+            }
+            None => chunker.insert(Chunker::new(reader, params)?),
+        };
+        while let Some((offset, data)) = chunker.next_slice().map_err(src_err)? {
+            if !feed.chunk(start + offset, data)? {
+                return Ok(read);
+            }
+        }
+        read += end - start;
+        pos = end;
+    }
+    feed.hole(source.size.saturating_sub(pos));
+    Ok(read)
+}
 
 /// Groups of this many results share one index batch.
 const GROUP: usize = 256;
-
-fn process(
-    store: &Store,
-    codec: EnvelopeCodec,
-    keys: ChunkKeys<'_>,
-    chunk: RawChunk,
-) -> Result<Processed> {
-    let id = keys.chunk_id(&chunk.data);
-    if store.has_chunk(&id)? {
-        return Ok(Processed::Chunk {
-            id,
-            data: Some(chunk.data),
-            envelope: None,
-        });
-    }
-    let envelope = codec.seal(&id, &chunk.data, keys.data_key());
-    Ok(Processed::Chunk {
-        id,
-        data: None,
-        envelope: Some(envelope),
-    })
-}
 
 impl Engine {
     /// Backs up a volume. Returns the committed record.
@@ -199,10 +198,23 @@ impl Engine {
                 VolumeKeys::Domain(_) => opts.dedup_domain.clone(),
                 VolumeKeys::Plain | VolumeKeys::Encrypted(_) => None,
             },
+            cbt: None,
         };
+        let mut plan = opts
+            .cbt
+            .as_ref()
+            .map(|c| self.plan_cbt(c, &rec, &source))
+            .transpose()?;
         let _active = self.store.begin_backup(&rec)?;
         opts.progress.set_total(source.size);
-        match self.run_backup(&rec, source, keys, &opts) {
+        let result = self
+            .sample_cbt(&rec, &source, &keys, plan.as_mut())
+            .and_then(|()| {
+                let plan = plan.as_ref().filter(|p| !p.stats.full_read);
+                self.run_backup(&rec, source, keys, &opts, plan)
+            });
+        rec.cbt = plan.map(|p| p.stats);
+        match result {
             Ok(out) => {
                 rec.state = BackupState::Available;
                 rec.stored_bytes = out.totals.stored_bytes;
@@ -211,6 +223,9 @@ impl Engine {
                 rec.object_count = out.object_count;
                 rec.manifest_blocks = out.blocks_written + u32::from(out.last_block.is_some());
                 rec.completed_at = Some(OffsetDateTime::now_utc());
+                if let Some(s) = rec.cbt.as_mut() {
+                    s.read_bytes = out.read_bytes;
+                }
                 let last = out.last_block.as_ref().map(|b| (out.blocks_written, b));
                 self.store
                     .commit_backup(&rec, last, opts.annotation.as_deref())?;
@@ -227,6 +242,95 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// Checks a CBT incremental's inputs against its parent, before anything is written.
+    fn plan_cbt(&self, c: &Cbt, rec: &BackupRecord, source: &Source) -> Result<CbtPlan> {
+        let Some(parent_id) = rec.parent_id else {
+            return Err(Error::Core(blockvault_core::Error::Invalid {
+                field: "changed_extents",
+                reason: "only an incremental backup takes changed extents: they say what \
+                         changed since its parent"
+                    .into(),
+            }));
+        };
+        let parent = self.store.get_record(&parent_id)?;
+        if parent.encrypted != rec.encrypted
+            || parent.encryption_key_id != rec.encryption_key_id
+            || parent.dedup_domain != rec.dedup_domain
+        {
+            return Err(Error::BadParent {
+                parent: parent_id,
+                reason: "its chunks are named under other keys (the volume's encryption or \
+                         dedup domain changed), so a CBT incremental cannot take them; back up \
+                         without changed extents"
+                    .into(),
+            });
+        }
+        let (changed, extents) = cbt::plan(c, source.size, parent.size)?;
+        Ok(CbtPlan {
+            cbt: c.clone(),
+            stats: CbtStats {
+                source: changed.source().name().into(),
+                changed_bytes: changed.changed_bytes(),
+                read_bytes: 0,
+                sampled_bytes: 0,
+                mismatch_offset: None,
+                full_read: false,
+            },
+            parent,
+            extents,
+        })
+    }
+
+    /// Compares the sample of unchanged regions a CBT incremental asks for with its parent;
+    /// after a mismatch, fails or turns the backup into a full read, as asked.
+    fn sample_cbt(
+        &self,
+        rec: &BackupRecord,
+        source: &Source,
+        keys: &VolumeKeys,
+        plan: Option<&mut CbtPlan>,
+    ) -> Result<()> {
+        let Some(p) = plan else { return Ok(()) };
+        if p.cbt.sample <= 0.0 {
+            return Ok(());
+        }
+        let id = rec.id.as_bytes();
+        let seed = u64::from_le_bytes(id[..8].try_into().expect("16-byte id"));
+        let parent = p.parent.id;
+        let blocks = self.store.manifest(&parent).map(|b| b.map_err(Error::from));
+        let s = cbt::sample(
+            &self.pool,
+            source,
+            keys.chunk_keys(),
+            blocks,
+            p.parent.size,
+            &p.extents,
+            p.cbt.sample,
+            seed,
+        )
+        .map_err(|e| Error::for_manifest(parent, e))?;
+        p.stats.sampled_bytes = s.bytes;
+        if let Some((offset, len)) = s.mismatch {
+            p.stats.mismatch_offset = Some(offset);
+            match p.cbt.on_mismatch {
+                OnMismatch::Fail => {
+                    return Err(Error::CbtMismatch {
+                        parent,
+                        offset,
+                        len,
+                        sampled: s.bytes,
+                    })
+                }
+                OnMismatch::FullRead => {
+                    tracing::warn!(backup = %rec.id, offset, len,
+                                   "the CBT source missed a change: reading the whole volume");
+                    p.stats.full_read = true;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn resolve_parent(&self, opts: &BackupOptions) -> Result<Option<BackupId>> {
@@ -255,101 +359,51 @@ impl Engine {
         }
     }
 
-    /// Runs the three stages.
+    /// Runs the three stages: a full read of `source`, or with `cbt` only its changed extents.
     fn run_backup(
         &self,
         rec: &BackupRecord,
         source: Source,
         keys: VolumeKeys,
         opts: &BackupOptions,
+        cbt: Option<&CbtPlan>,
     ) -> Result<Outcome> {
         let abort = Arc::new(AtomicBool::new(false));
         let (tx, rx) = crossbeam_channel::unbounded::<Item>();
         let chunker_params = rec.chunker;
-        let source_path = source.path.display().to_string();
 
         std::thread::scope(|s| {
             // Stage 1: reader.
             let reader = {
-                let abort = abort.clone();
-                let cancel = opts.cancel.clone();
-                let keys = keys.clone();
-                let store = self.store.clone();
-                let codec = self.codec;
-                let budget = &self.budget;
-                let pool = &self.pool;
-                s.spawn(move || -> Result<()> {
-                    let src_err = |e| Error::Source {
-                        path: source_path.clone(),
-                        source: e,
+                let mut feed = Feed {
+                    tx,
+                    seq: 0,
+                    keys: keys.clone(),
+                    store: self.store.clone(),
+                    codec: self.codec,
+                    budget: &self.budget,
+                    pool: &self.pool,
+                    abort: abort.clone(),
+                    cancel: opts.cancel.clone(),
+                };
+                let store = &self.store;
+                s.spawn(move || -> Result<u64> {
+                    let Some(p) = cbt else {
+                        return read_all(&mut feed, &source, chunker_params);
                     };
-                    let mut seq = 0u64;
-                    let mut pos = 0u64;
-                    let mut chunker: Option<Chunker<std::io::Take<&std::fs::File>>> = None;
-                    // Holes of the file are recorded without being read; the manifest builder
-                    // merges the pieces.
-                    let hole = |seq: &mut u64, mut len: u64| {
-                        while len > 0 {
-                            let piece = len.min(HOLE_PIECE);
-                            let _ = tx.send(Item {
-                                seq: *seq,
-                                len: piece as u32,
-                                result: Ok(Processed::Hole),
-                            });
-                            *seq += 1;
-                            len -= piece;
-                        }
-                    };
-                    for region in source.data_regions() {
-                        let (start, end) = region.map_err(src_err)?;
-                        hole(&mut seq, start - pos);
-                        let mut file = &source.file;
-                        file.seek(SeekFrom::Start(start)).map_err(src_err)?;
-                        let reader = file.take(end - start);
-                        let chunker = match chunker.as_mut() {
-                            Some(c) => {
-                                c.reset(reader);
-                                c
-                            }
-                            None => chunker.insert(Chunker::new(reader, chunker_params)?),
-                        };
-                        loop {
-                            if cancel.is_cancelled() {
-                                return Err(Error::Cancelled);
-                            }
-                            if abort.load(Ordering::Relaxed) {
-                                return Ok(());
-                            }
-                            let Some((offset, data)) = chunker.next_slice().map_err(src_err)?
-                            else {
-                                break;
-                            };
-                            let len = data.len() as u32;
-                            // All-zero chunks become holes right here: no copy, no worker.
-                            if is_zero(data) {
-                                hole(&mut seq, u64::from(len));
-                                continue;
-                            }
-                            let chunk = RawChunk {
-                                offset: start + offset,
-                                data: data.to_vec(),
-                            };
-                            if !budget.acquire(u64::from(len), &abort) {
-                                return Ok(());
-                            }
-                            let tx = tx.clone();
-                            let keys = keys.clone();
-                            let store = store.clone();
-                            pool.spawn(move || {
-                                let result = process(&store, codec, keys.chunk_keys(), chunk);
-                                let _ = tx.send(Item { seq, len, result });
-                            });
-                            seq += 1;
-                        }
-                        pos = end;
-                    }
-                    hole(&mut seq, source.size.saturating_sub(pos));
-                    Ok(())
+                    let parent = p.parent.id;
+                    let blocks = store.manifest(&parent).map(|b| b.map_err(Error::from));
+                    ParentCursor::new(blocks, p.parent.size)
+                        .and_then(|mut cursor| {
+                            cbt::read_changed(
+                                &mut feed,
+                                &source,
+                                chunker_params,
+                                &mut cursor,
+                                &p.extents,
+                            )
+                        })
+                        .map_err(|e| Error::for_manifest(parent, e))
                 })
             };
 
@@ -396,8 +450,8 @@ impl Engine {
             // The sealer's own error first: a writer that found the sealer gone only knows
             // that it stopped, the sealer knows why (a pack upload that kept failing, say).
             sealed?;
-            let out = written?;
-            read?;
+            let mut out = written?;
+            out.read_bytes = read?;
             if out.bytes != rec.size {
                 return Err(Error::Source {
                     path: opts.source.display().to_string(),
@@ -423,6 +477,7 @@ impl Engine {
             engine: self,
             sealer,
             backup: rec.id,
+            parent: rec.parent_id,
             key,
             pack: None,
             sealing: Default::default(),
@@ -467,6 +522,7 @@ impl Engine {
                 object_count: w.builder.chunk_count(),
                 blocks_written: w.blocks_written,
                 totals: std::mem::take(&mut w.totals),
+                read_bytes: 0,
             })
         })();
         if res.is_err() {
@@ -496,6 +552,7 @@ struct Writer<'a> {
     engine: &'a Engine,
     sealer: Sealer,
     backup: BackupId,
+    parent: Option<BackupId>,
     key: Option<&'a DataKey>,
     pack: Option<PackWriter>,
     /// Chunk ids of packs handed to the sealer and not yet known to be indexed.
@@ -525,7 +582,9 @@ impl Writer<'_> {
                     len: u64::from(len),
                 }
             }
-            Processed::Chunk { id, .. } => ManifestEntry::Chunk { id: *id, len },
+            Processed::Chunk { id, .. } | Processed::Parent { id } => {
+                ManifestEntry::Chunk { id: *id, len }
+            }
         };
         if let Some(block) = self.builder.push(entry) {
             self.pending_blocks.push((self.blocks_written, block));
@@ -550,7 +609,7 @@ impl Writer<'_> {
                 .group
                 .iter()
                 .filter_map(|(_, p)| match p {
-                    Processed::Chunk { id, .. } => Some(*id),
+                    Processed::Chunk { id, .. } | Processed::Parent { id } => Some(*id),
                     Processed::Hole => None,
                 })
                 .collect(),
@@ -561,12 +620,17 @@ impl Writer<'_> {
         let mut done = 0u64;
         let mut stored = 0u64;
         let (mut new, mut found, mut found_bytes) = (0u64, 0u64, 0u64);
-        for (len, p) in std::mem::take(&mut self.group) {
+        let mut group = std::mem::take(&mut self.group).into_iter();
+        while let Some((len, p)) = group.next() {
             done += u64::from(len);
-            let Processed::Chunk { id, data, envelope } = p else {
-                continue;
+            let (id, data, envelope) = match p {
+                Processed::Hole => continue,
+                Processed::Parent { id } => (id, None, None),
+                Processed::Chunk { id, data, envelope } => {
+                    self.engine.budget.release(u64::from(len));
+                    (id, data, envelope)
+                }
             };
-            self.engine.budget.release(u64::from(len));
             if present.next().expect("one flag per chunk")
                 || self.pack.as_ref().is_some_and(|w| w.contains(&id))
                 || self.sealing.iter().any(|(_, ids)| ids.contains(&id))
@@ -576,13 +640,37 @@ impl Writer<'_> {
                 continue;
             }
             new += 1;
-            let envelope = match (envelope, data) {
-                (Some(e), _) => e,
+            let added = match (envelope, data) {
+                (Some(e), _) => self.append(id, len, &e),
                 // Looked stored to the worker, but GC removed it before we referenced it.
-                (None, Some(d)) => self.engine.codec.seal(&id, &d, self.key),
-                (None, None) => unreachable!("a chunk carries its data or its envelope"),
+                (None, Some(d)) => {
+                    let e = self.engine.codec.seal(&id, &d, self.key);
+                    self.append(id, len, &e)
+                }
+                // A parent's chunk, which its references should have kept stored.
+                (None, None) => Err(match self.parent {
+                    Some(parent) => Error::BadParent {
+                        parent,
+                        reason: format!(
+                            "its chunk {id} is no longer stored (was it deleted during this \
+                             backup?)"
+                        ),
+                    },
+                    None => Error::Internal(format!("chunk {id} came without its data")),
+                }),
             };
-            stored += self.append(id, len, &envelope)?;
+            match added {
+                Ok(n) => stored += n,
+                Err(e) => {
+                    // Return what the rest of the group holds of the budget.
+                    for (len, p) in group {
+                        if matches!(p, Processed::Chunk { .. }) {
+                            self.engine.budget.release(u64::from(len));
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
         if stored > 0 {
             progress.stored(stored);

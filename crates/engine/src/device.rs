@@ -77,9 +77,15 @@ pub struct DataRegions<'a> {
 impl Source {
     /// Where this source's data lies (see [`DataRegions`]).
     pub fn data_regions(&self) -> DataRegions<'_> {
+        self.data_regions_from(0)
+    }
+
+    /// Where this source's data lies from byte `pos` on (a range holding `pos` is reported as
+    /// starting at `pos`).
+    pub fn data_regions_from(&self, pos: u64) -> DataRegions<'_> {
         DataRegions {
             file: &self.file,
-            pos: 0,
+            pos,
             size: self.size,
             dense: self.is_block_device,
         }

@@ -55,6 +55,17 @@ pub enum Error {
     WrongMasterKey(String),
     #[error("chunk {chunk} failed verification: {detail}")]
     Corrupt { chunk: ChunkId, detail: String },
+    #[error(
+        "changed_extents: the CBT source missed a change: bytes {offset}..{} differ from parent \
+         {parent} (the sampling check read {sampled} bytes of unchanged regions)",
+        offset + len
+    )]
+    CbtMismatch {
+        parent: BackupId,
+        offset: u64,
+        len: u64,
+        sampled: u64,
+    },
     #[error("operation cancelled")]
     Cancelled,
     #[error("internal: {0}")]

@@ -7,6 +7,8 @@
 //! backup:  source --(reader thread: 8 MiB reads, FastCDC)--> chunks
 //!          --(worker pool: zero check, BLAKE3, dedup lookup, zstd, AES-GCM)--> sealed chunks
 //!          --(writer thread: reorder, refs + manifest batches, pack append, pack seal)--> store
+//!          (a CBT incremental's reader cuts only the changed extents and hands on the rest of
+//!          the parent's manifest unread: `cbt`)
 //! restore: manifest --(dispatcher)--> chunk ids --(workers: read, decrypt, decompress,
 //!          BLAKE3 check, pwrite)--> target
 //! ```
@@ -18,8 +20,10 @@
 mod assemble;
 mod backup;
 pub mod budget;
+mod cbt;
 pub mod device;
 mod error;
+mod feed;
 pub mod memory;
 pub mod priority;
 mod restore;
@@ -41,6 +45,7 @@ pub use backup::BackupOptions;
 pub use blockvault_store::{
     ObjectLock, RecoverFrom, RecoverReport, RecoveredBackup, RetainReport, RetentionMode,
 };
+pub use cbt::{Cbt, OnMismatch};
 pub use error::{Error, Result};
 pub use restore::{RestoreOptions, RestoreReport};
 pub use verify::{ChunkProblem, ManifestProblem, VerifyReport};

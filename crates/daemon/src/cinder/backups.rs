@@ -273,6 +273,7 @@ pub async fn create(call: Call, raw: Bytes) -> Result<Response, Fault> {
         availability_zone: f.availability_zone.unwrap_or_default(),
         snapshot_id: f.snapshot_id.unwrap_or_default(),
         at: None,
+        ..Default::default()
     };
     let (b, _job) = call.run(move |c, who| c.backups().create(who, req)).await?;
     let mut m = summary(&call, &b);
