@@ -220,6 +220,7 @@ fn ref_batches(ids: &[ChunkId]) -> Vec<RefBatch> {
         .map(|c| RefBatch {
             chunks: c.to_vec(),
             blocks: Vec::new(),
+            parent: None,
         })
         .collect();
     let last = batches.last_mut().expect("at least one group");

@@ -604,16 +604,22 @@ impl Writer<'_> {
         for id in self.sealer.done.try_iter() {
             self.sealing.retain(|(p, _)| *p != id);
         }
+        let (chunks, from_parent): (Vec<ChunkId>, Vec<bool>) = self
+            .group
+            .iter()
+            .filter_map(|(_, p)| match p {
+                Processed::Chunk { id, .. } => Some((*id, false)),
+                Processed::Parent { id } => Some((*id, true)),
+                Processed::Hole => None,
+            })
+            .unzip();
         let batch = RefBatch {
-            chunks: self
-                .group
-                .iter()
-                .filter_map(|(_, p)| match p {
-                    Processed::Chunk { id, .. } | Processed::Parent { id } => Some(*id),
-                    Processed::Hole => None,
-                })
-                .collect(),
+            chunks,
             blocks: std::mem::take(&mut self.pending_blocks),
+            parent: self
+                .parent
+                .filter(|_| from_parent.contains(&true))
+                .map(|p| (p, from_parent)),
         };
         let present = self.engine.store.add_refs(&self.backup, &batch)?;
         let mut present = present.into_iter();

@@ -380,3 +380,28 @@ fn no_changes_reads_nothing_and_takes_the_parent_whole() {
     assert_eq!(entries(&c, &rec), entries(&c, &parent));
     assert!(c.restore_bytes(rec.id) == base);
 }
+
+#[test]
+fn parent_chunks_are_taken_unlooked_only_while_the_parent_is_available() {
+    use blockvault_core::{BackupId, ChunkId};
+    use blockvault_store::RefBatch;
+    let base = random_bytes(1 << 20, 14);
+    let (c, _r) = pair(&base, false);
+    let parent = c
+        .engine()
+        .latest(&VolumeId::new("v").unwrap())
+        .unwrap()
+        .unwrap();
+    let store = c.engine().store();
+    // A chunk no store holds, flagged as the parent's: reported present only while the parent
+    // is available (its references would keep a real one of its chunks stored).
+    let batch = || RefBatch {
+        chunks: vec![ChunkId([7; 32]), ChunkId([8; 32])],
+        blocks: Vec::new(),
+        parent: Some((parent.id, vec![true, false])),
+    };
+    let child = BackupId::new();
+    assert_eq!(store.add_refs(&child, &batch()).unwrap(), [true, false]);
+    c.engine().delete(&parent.id).unwrap();
+    assert_eq!(store.add_refs(&child, &batch()).unwrap(), [false, false]);
+}

@@ -65,6 +65,7 @@ fn rewrite(ts: &TestStore, rec: &BackupRecord, craft: Craft) {
             .enumerate()
             .map(|(n, b)| (n as u32, b))
             .collect(),
+        parent: None,
     };
     store.add_refs(&rec.id, &batch).unwrap();
 }

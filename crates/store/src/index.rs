@@ -130,6 +130,10 @@ pub struct RefBatch {
     pub chunks: Vec<ChunkId>,
     /// Manifest blocks completed in this group, with their numbers.
     pub blocks: Vec<(u32, ManifestBlock)>,
+    /// A CBT incremental's parent, and which of `chunks` were taken from its manifest. While the
+    /// parent is `available` (checked under the lifecycle lock), its references keep those
+    /// chunks stored, so they are reported present without being looked up.
+    pub parent: Option<(BackupId, Vec<bool>)>,
 }
 
 /// Space accounting of a store.
@@ -736,13 +740,35 @@ impl Store {
             );
         }
         let _g = self.lifecycle.lock();
-        let present = self
+        // A backup is marked `deleting` before its references go, so an available parent
+        // still references every chunk of its manifest, and GC removes none of them while the
+        // lock is held; once this batch is written, its own references keep them.
+        let from_parent = match &batch.parent {
+            Some((p, flags)) if flags.len() == batch.chunks.len() => match self.get_record(p) {
+                Ok(r) if r.state == BackupState::Available => Some(flags),
+                Ok(_) | Err(Error::BackupNotFound(_)) => None,
+                Err(e) => return Err(e),
+            },
+            _ => None,
+        };
+        let lookup: Vec<&ChunkId> = batch
+            .chunks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !from_parent.is_some_and(|f| f[*i]))
+            .map(|(_, id)| id)
+            .collect();
+        let mut found = self
             .db
-            .multi_get_cf(batch.chunks.iter().map(|id| (chunks_cf, id.as_bytes())))
+            .multi_get_cf(lookup.iter().map(|id| (chunks_cf, id.as_bytes())))
             .into_iter()
             .map(|r| r.map(|v| v.is_some()))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(Error::db("multi-get chunks"))?;
+            .map_err(Error::db("multi-get chunks"))?
+            .into_iter();
+        let present = (0..batch.chunks.len())
+            .map(|i| from_parent.is_some_and(|f| f[i]) || found.next().unwrap_or(false))
+            .collect();
         self.db.write(b).map_err(Error::db("write refs"))?;
         Ok(present)
     }
