@@ -134,3 +134,78 @@ async fn cbt_incremental_through_the_daemon() {
     let (restored, _) = restore(&mut c, &b.id, "", "restored-2").await;
     assert_same(&path_of(&restored), &data);
 }
+
+async fn until_running(c: &Client, job_id: &str) {
+    for _ in 0..2000 {
+        let j = c
+            .jobs
+            .clone()
+            .get(pb::GetJobRequest {
+                job_id: job_id.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if j.state == "running" && j.bytes_done > 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("job {job_id} did not start");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_cbt_backup_keeps_its_extents_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&dir.path().join("data"), vec![]);
+    cfg.jobs.concurrency = 1;
+    let d = blockvault_daemon::start(cfg.clone()).await.unwrap();
+    let mut c = connect(&d.endpoint(), Some(&d.admin_token)).await;
+    let small = dir.path().join("small.img");
+    let mut data = make_image(&small, 8 * MIB, 2);
+    let sv = register(&mut c, &small, "small").await;
+    backup(&mut c, &sv.id, "full", false).await;
+    let big = dir.path().join("big.img");
+    make_image(&big, 256 * MIB, 3);
+    let bv = register(&mut c, &big, "big").await;
+
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&small)
+        .unwrap();
+    f.write_all_at(&[0x5A; 10_000], 3 * MIB as u64).unwrap();
+    drop(f);
+    data[3 * MIB..3 * MIB + 10_000].fill(0x5A);
+
+    // The big backup holds the only job slot, so the CBT backup waits in the queue.
+    let running = start_backup(&mut c, &bv.id).await;
+    until_running(&c, &running.job_id).await;
+    let queued = c
+        .backups
+        .create(cbt_request(&sv.id, &plain(&[(3 * MIB, 10_000)]), 1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    let j = c
+        .jobs
+        .get(pb::GetJobRequest {
+            job_id: queued.job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(j.state, "queued", "the test needs the CBT job still queued: {j:?}");
+    d.stop().await.unwrap();
+
+    let d = blockvault_daemon::start(cfg).await.unwrap();
+    let mut c = connect(&d.endpoint(), Some(&d.admin_token)).await;
+    let job = wait_job(&mut c, &queued.job_id).await;
+    assert_eq!(job.state, "succeeded", "{job:?}");
+    let b = get_backup(&mut c, &queued.backup.unwrap().id).await;
+    let cbt = b.cbt.clone().expect("CBT figures after the restart");
+    assert_eq!(cbt.changed_bytes, 10_000, "{cbt:?}");
+    assert!(cbt.read_bytes < MIB as u64, "{cbt:?}");
+    let (restored, _) = restore(&mut c, &b.id, "", "restored").await;
+    assert_same(&path_of(&restored), &data);
+    d.stop().await.unwrap();
+}
