@@ -105,6 +105,16 @@ impl<'a> Backups<'a> {
             Some(parse_uuid("snapshot_id", &req.snapshot_id)?)
         };
         let cbt = check_cbt(&req)?;
+        // Parsed before the lock is taken (a list may hold a few MiB of JSON); its end is
+        // checked against the volume's registered size below, and the engine checks it again
+        // against the size it reads.
+        let extents_end = req
+            .changed_extents
+            .as_ref()
+            .map(|json| ChangedExtents::parse(json, u64::MAX))
+            .transpose()
+            .map_err(|e| Error::invalid_argument(e.to_string()))?
+            .map(|c| c.extents().last().map_or(0, |e| e.end()));
         let mut st = self.rows.lock();
         self.jobs.check_queue(&st)?;
         let vol = visible_volume(&st, caller, &volume_id)?.clone();
@@ -156,11 +166,14 @@ impl<'a> Backups<'a> {
         } else {
             None
         };
-        if let Some(json) = &req.changed_extents {
-            // Checked against the registered size now, so the caller hears of a bad list at
-            // once; the engine checks again against the size it reads.
-            ChangedExtents::parse(json, vol.size)
-                .map_err(|e| Error::invalid_argument(e.to_string()))?;
+        if let Some(end) = extents_end.filter(|end| *end > vol.size) {
+            return Err(Error::invalid(
+                "changed_extents",
+                format!(
+                    "the extents end at byte {end}, past the volume's size of {} bytes",
+                    vol.size
+                ),
+            ));
         }
         let t = req.at.unwrap_or_else(now);
         let backup_id = Uuid::new_v4();
