@@ -194,7 +194,10 @@ async fn a_queued_cbt_backup_keeps_its_extents_across_a_restart() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(j.state, "queued", "the test needs the CBT job still queued: {j:?}");
+    assert_eq!(
+        j.state, "queued",
+        "the test needs the CBT job still queued: {j:?}"
+    );
     d.stop().await.unwrap();
 
     let d = blockvault_daemon::start(cfg).await.unwrap();
