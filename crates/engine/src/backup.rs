@@ -208,7 +208,7 @@ impl Engine {
         let _active = self.store.begin_backup(&rec)?;
         opts.progress.set_total(source.size);
         let result = self
-            .sample_cbt(&rec, &source, &keys, plan.as_mut())
+            .sample_cbt(&rec, &source, &keys, plan.as_mut(), &opts.cancel)
             .and_then(|()| {
                 let plan = plan.as_ref().filter(|p| !p.stats.full_read);
                 self.run_backup(&rec, source, keys, &opts, plan)
@@ -291,6 +291,7 @@ impl Engine {
         source: &Source,
         keys: &VolumeKeys,
         plan: Option<&mut CbtPlan>,
+        cancel: &CancelToken,
     ) -> Result<()> {
         let Some(p) = plan else { return Ok(()) };
         if p.cbt.sample <= 0.0 {
@@ -309,6 +310,7 @@ impl Engine {
             &p.extents,
             p.cbt.sample,
             seed,
+            cancel,
         )
         .map_err(|e| Error::for_manifest(parent, e))?;
         p.stats.sampled_bytes = s.bytes;

@@ -35,6 +35,7 @@ use rayon::prelude::*;
 use crate::device::Source;
 use crate::error::{Error, Result};
 use crate::feed::Feed;
+use crate::CancelToken;
 
 /// A CBT incremental's inputs ([`crate::BackupOptions::cbt`]).
 #[derive(Clone, Debug)]
@@ -440,7 +441,8 @@ fn draw(seed: u64, offset: u64) -> f64 {
 
 /// Reads about `fraction` of the regions of the parent (`blocks`, `parent_size` bytes) that no
 /// changed extent touches, and compares each with the parent: a chunk's id under `keys`, a
-/// hole's zeros. `seed` picks the regions. Stops at the first mismatch.
+/// hole's zeros. `seed` picks the regions. Stops at the first mismatch, and between batches
+/// when `cancel` is set.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sample<I>(
     pool: &rayon::ThreadPool,
@@ -451,6 +453,7 @@ pub(crate) fn sample<I>(
     extents: &[Extent],
     fraction: f64,
     seed: u64,
+    cancel: &CancelToken,
 ) -> Result<Sampled>
 where
     I: Iterator<Item = Result<ManifestBlock>>,
@@ -532,6 +535,9 @@ where
             batch_bytes += u.len;
             batch.push(u);
             if batch_bytes >= SAMPLE_BATCH {
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled);
+                }
                 check(&mut batch, &mut out)?;
                 batch_bytes = 0;
                 if out.mismatch.is_some() {
