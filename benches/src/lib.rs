@@ -398,6 +398,12 @@ pub fn read_full(f: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// The median of `v` (for an even count, the upper of the two middle values).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

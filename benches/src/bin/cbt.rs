@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
+use blockvault_benches::median;
 use blockvault_core::VolumeId;
 use blockvault_engine::{BackupOptions, Cbt, Engine, EngineOptions, OnMismatch, RestoreOptions};
 use blockvault_store::StoreConfig;
@@ -152,11 +153,6 @@ fn incremental(
         },
         rec.id,
     ))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() -> Result<()> {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use blockvault_benches::median;
 use blockvault_core::{ChunkerParams, VolumeId};
 use blockvault_engine::{BackupOptions, Engine, EngineOptions, NoProgress, RecoverFrom};
 use blockvault_s3_test_server::S3Server;
@@ -44,11 +45,6 @@ struct Args {
     s3_bucket: String,
     #[arg(long)]
     s3_credentials_file: Option<PathBuf>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() -> Result<()> {

@@ -37,8 +37,8 @@ fn list_json(store: &Path) -> Vec<serde_json::Value> {
     v.as_array().unwrap().clone()
 }
 
-/// Runs `local backup` of `img` as `volume` (plus `extra` flags) and returns the printed id.
-fn backup_id(store: &Path, volume: &str, img: &Path, extra: &[&str]) -> String {
+/// Runs `local backup` of `img` as `volume` (plus `extra` flags).
+fn local_backup(store: &Path, volume: &str, img: &Path, extra: &[&str]) -> Output {
     let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
         &"local",
         &"backup",
@@ -52,7 +52,14 @@ fn backup_id(store: &Path, volume: &str, img: &Path, extra: &[&str]) -> String {
     for e in extra {
         args.push(e);
     }
-    ok(bv(&args)).trim().to_string()
+    bv(&args)
+}
+
+/// Runs `local backup` of `img` as `volume` (plus `extra` flags) and returns the printed id.
+fn backup_id(store: &Path, volume: &str, img: &Path, extra: &[&str]) -> String {
+    ok(local_backup(store, volume, img, extra))
+        .trim()
+        .to_string()
 }
 
 /// Runs `local restore` of `id` to `out`.
@@ -457,22 +464,19 @@ fn cbt_incremental_from_a_qcow2_dirty_bitmap() {
     std::fs::write(&map_file, &map.stdout).unwrap();
 
     let map_path = map_file.display().to_string();
-    let out = ok(bv(&[
-        &"local",
-        &"backup",
-        &"--store",
+    let out = ok(local_backup(
         &store,
-        &"--volume",
-        &"vm",
-        &"--source",
+        "vm",
         &raw1,
-        &"--incremental",
-        &"--changed-extents",
-        &map_path,
-        &"--cbt-sample",
-        &"0.5",
-        &"--json",
-    ]));
+        &[
+            "--incremental",
+            "--changed-extents",
+            &map_path,
+            "--cbt-sample",
+            "0.5",
+            "--json",
+        ],
+    ));
     let rec: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rec["parent_id"], full.as_str());
     let cbt = &rec["cbt"];
@@ -495,42 +499,32 @@ fn cbt_incremental_from_a_qcow2_dirty_bitmap() {
     lie[last_dirty]["type"] = 0.into();
     lie[last_dirty]["description"] = "clean".into();
     std::fs::write(&map_file, serde_json::to_vec(&lie).unwrap()).unwrap();
-    let o = bv(&[
-        &"local",
-        &"backup",
-        &"--store",
+    let o = local_backup(
         &store,
-        &"--volume",
-        &"vm",
-        &"--source",
+        "vm",
         &raw1,
-        &"--incremental",
-        &"--parent",
-        &full,
-        &"--changed-extents",
-        &map_path,
-        &"--cbt-sample",
-        &"1",
-    ]);
+        &[
+            "--incremental",
+            "--parent",
+            &full,
+            "--changed-extents",
+            &map_path,
+            "--cbt-sample",
+            "1",
+        ],
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("missed a change"), "{err}");
 
     // Bad input names the field.
     std::fs::write(&map_file, b"[{\"offset\": 0, \"length\": -1}]").unwrap();
-    let o = bv(&[
-        &"local",
-        &"backup",
-        &"--store",
+    let o = local_backup(
         &store,
-        &"--volume",
-        &"vm",
-        &"--source",
+        "vm",
         &raw1,
-        &"--incremental",
-        &"--changed-extents",
-        &map_path,
-    ]);
+        &["--incremental", "--changed-extents", &map_path],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("changed_extents"),
